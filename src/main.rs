@@ -1,0 +1,1 @@
+fn main() { unsafe { cktrace::ffi::llama_backend_init(); } println!("ok"); }

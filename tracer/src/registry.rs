@@ -1,0 +1,147 @@
+//! The tensor registry: every tensor a trace record can name, with where its
+//! bytes live. Written as `registry.json` next to `trace.bin`; a record's
+//! `tensor_id` / `act_id` is an index into [`Registry::tensors`].
+//!
+//! Weights are registered at model load (name, GGUF file offset, type, shape,
+//! layer, the buffer holding them and whether that buffer is the mmap'd file,
+//! an anonymous allocation, or a repacked copy). Runtime tensors (KV cache,
+//! activations) are registered the first time a hook sees them.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the `registry.json` schema.
+pub const REGISTRY_VERSION: u32 = 1;
+
+/// What a tensor is, for splitting traffic into weights / KV / activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorKind {
+    /// A model weight from the GGUF file.
+    Weight,
+    /// A KV-cache tensor (or a view of one).
+    KvCache,
+    /// An intermediate activation of the compute graph.
+    Activation,
+}
+
+/// Where a tensor's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    /// Directly in the mmap'd model file: `gguf_offset` is the file offset of
+    /// the first byte, and reading the tensor reads the page cache.
+    Mmap,
+    /// Copied into an anonymous host buffer (mmap off, or a buffer type that
+    /// copies).
+    Anon,
+    /// Converted at load into another layout (CPU_REPACK, AMX, KleidiAI); the
+    /// record's `offset`/`len` are in the repacked buffer, its row range in
+    /// the original tensor's rows.
+    Repacked,
+    /// Allocated by the runtime (KV cache, compute buffers).
+    Runtime,
+}
+
+/// One tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    /// Index in [`Registry::tensors`]; what records store.
+    pub id: u32,
+    /// Full name (`blk.3.attn_q.weight`, `cache_k_l3`, `attn_norm-3`).
+    pub name: String,
+    pub kind: TensorKind,
+    /// ggml type name (`q4_K`, `q8_0`, `f32`, ...).
+    pub dtype: String,
+    /// ggml `ne`: elements per dimension, innermost first.
+    pub shape: Vec<u64>,
+    /// Rows (product of dims 1..): the unit of the records' row ranges.
+    pub n_rows: u64,
+    /// Bytes of one row in the original (GGUF) layout.
+    pub row_bytes: u64,
+    /// Total bytes of the tensor in the GGUF layout.
+    pub bytes: u64,
+    /// Transformer layer, if the name carries one.
+    pub layer: Option<i32>,
+    /// Absolute offset of the tensor's data in the GGUF file (weights only).
+    pub gguf_offset: Option<u64>,
+    pub source: MemorySource,
+    /// Name of the ggml buffer type holding it (`CPU`, `CPU_Mapped`,
+    /// `CPU_REPACK`, `AMX`, ...).
+    pub buffer_type: String,
+    /// Data address(es) in the traced process, one per copy.
+    pub data_ptrs: Vec<u64>,
+}
+
+/// The whole registry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    pub version: u32,
+    pub tensors: Vec<TensorInfo>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry { version: REGISTRY_VERSION, tensors: Vec::new() }
+    }
+
+    /// The tensor with this id, if any.
+    pub fn get(&self, id: u32) -> Option<&TensorInfo> {
+        self.tensors.get(id as usize).filter(|t| t.id == id)
+    }
+}
+
+/// The layer number in a tensor name: `blk.12.attn_q.weight` -> 12,
+/// `cache_k_l12` -> 12, `attn_norm-12` -> 12.
+pub fn layer_of(name: &str) -> Option<i32> {
+    if let Some(rest) = name.strip_prefix("blk.") {
+        return rest.split('.').next()?.parse().ok();
+    }
+    if let Some(i) = name.rfind("_l") {
+        if let Ok(n) = name[i + 2..].parse() {
+            return Some(n);
+        }
+    }
+    let base = name.split(' ').next().unwrap_or(name);
+    let (_, n) = base.rsplit_once('-')?;
+    n.parse().ok()
+}
+
+/// `meta.json`: the facts of one traced run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub version: u32,
+    /// `ggml` or `ck`.
+    pub engine: String,
+    pub model_path: String,
+    pub model_sha256: String,
+    pub arch: String,
+    pub n_layer: u32,
+    pub prompt: String,
+    pub prompt_tokens: Vec<i32>,
+    /// Tokens fed at each step (step 0 = the prompt).
+    pub step_tokens: Vec<Vec<i32>>,
+    pub generated_tokens: Vec<i32>,
+    pub threads: u32,
+    pub mmap: bool,
+    pub repack: bool,
+    pub llama_cpp: String,
+    pub llama_cpp_patches: String,
+    pub command_line: Vec<String>,
+    pub records: u64,
+    pub dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_from_names() {
+        assert_eq!(layer_of("blk.12.attn_q.weight"), Some(12));
+        assert_eq!(layer_of("cache_k_l7"), Some(7));
+        assert_eq!(layer_of("attn_norm-3"), Some(3));
+        assert_eq!(layer_of("cache_k_l7 (view)"), Some(7));
+        assert_eq!(layer_of("token_embd.weight"), None);
+        assert_eq!(layer_of("output.weight"), None);
+    }
+}

@@ -96,12 +96,12 @@ pub fn layer_of(name: &str) -> Option<i32> {
     if let Some(rest) = name.strip_prefix("blk.") {
         return rest.split('.').next()?.parse().ok();
     }
-    if let Some(i) = name.rfind("_l") {
-        if let Ok(n) = name[i + 2..].parse() {
+    let base = name.split(' ').next().unwrap_or(name);
+    if let Some(i) = base.rfind("_l") {
+        if let Ok(n) = base[i + 2..].parse() {
             return Some(n);
         }
     }
-    let base = name.split(' ').next().unwrap_or(name);
     let (_, n) = base.rsplit_once('-')?;
     n.parse().ok()
 }

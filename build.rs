@@ -22,7 +22,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The parts of a llama.cpp tree that the library build needs.
-const TREE_PARTS: &[&str] = &["CMakeLists.txt", "LICENSE", "cmake", "ggml", "src", "include", "vendor"];
+const TREE_PARTS: &[&str] = &[
+    "CMakeLists.txt",
+    "LICENSE",
+    "cmake",
+    "ggml",
+    "src",
+    "include",
+    "vendor",
+];
 
 fn main() {
     if let Err(msg) = run() {
@@ -34,7 +42,13 @@ fn main() {
 fn run() -> Result<(), String> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    for var in ["CKTRACE_LLAMA_CPP_DIR", "CKTRACE_PORTABLE", "CKTRACE_NO_PATCHES", "CKTRACE_CMAKE_JOBS", "LIBCLANG_PATH"] {
+    for var in [
+        "CKTRACE_LLAMA_CPP_DIR",
+        "CKTRACE_PORTABLE",
+        "CKTRACE_NO_PATCHES",
+        "CKTRACE_CMAKE_JOBS",
+        "LIBCLANG_PATH",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=wrapper.h");
@@ -60,7 +74,12 @@ fn run() -> Result<(), String> {
             let pin = fs::read_to_string(manifest.join("vendor/llama.cpp.pin"))
                 .map_err(|e| format!("cannot read vendor/llama.cpp.pin: {e}"))?;
             let stamp = fs::read_to_string(dir.join(".cktrace-pin")).unwrap_or_default();
-            let want = format!("{}-{} {}", pin_get(&pin, "package"), pin_get(&pin, "version"), pin_get(&pin, "sha256"));
+            let want = format!(
+                "{}-{} {}",
+                pin_get(&pin, "package"),
+                pin_get(&pin, "version"),
+                pin_get(&pin, "sha256")
+            );
             if stamp.trim() != want {
                 return Err(format!(
                     "llama.cpp source missing or not the pinned one in {}: run `vendor/fetch.sh` (or set CKTRACE_LLAMA_CPP_DIR to your llama.cpp checkout)",
@@ -68,7 +87,15 @@ fn run() -> Result<(), String> {
                 ));
             }
             println!("cargo:rerun-if-changed=vendor/llama.cpp/.cktrace-pin");
-            (dir, format!("{} {} (crates.io, sha256 {})", pin_get(&pin, "package"), pin_get(&pin, "version"), pin_get(&pin, "sha256")))
+            (
+                dir,
+                format!(
+                    "{} {} (crates.io, sha256 {})",
+                    pin_get(&pin, "package"),
+                    pin_get(&pin, "version"),
+                    pin_get(&pin, "sha256")
+                ),
+            )
         }
     };
 
@@ -81,15 +108,22 @@ fn run() -> Result<(), String> {
     }
 
     // 3. Copy, patch, sync.
-    let no_patches = env::var("CKTRACE_NO_PATCHES").map(|v| v == "1").unwrap_or(false);
-    let patches = if no_patches { Vec::new() } else { patch_series(&manifest.join("vendor/patches"))? };
+    let no_patches = env::var("CKTRACE_NO_PATCHES")
+        .map(|v| v == "1")
+        .unwrap_or(false);
+    let patches = if no_patches {
+        Vec::new()
+    } else {
+        patch_series(&manifest.join("vendor/patches"))?
+    };
     let stage = out.join("llama-stage");
     let tree = out.join("llama.cpp");
     let _ = fs::remove_dir_all(&stage);
     for part in TREE_PARTS {
         let from = src.join(part);
         if from.exists() {
-            copy_tree(&from, &stage.join(part)).map_err(|e| format!("copy {}: {e}", from.display()))?;
+            copy_tree(&from, &stage.join(part))
+                .map_err(|e| format!("copy {}: {e}", from.display()))?;
         }
     }
     for p in &patches {
@@ -105,7 +139,11 @@ fn run() -> Result<(), String> {
                 "patch {} does not apply to {}: {}",
                 p.display(),
                 source_desc,
-                String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines()).collect::<Vec<_>>().join(" | ")
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .chain(String::from_utf8_lossy(&output.stderr).lines())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             ));
         }
     }
@@ -113,7 +151,9 @@ fn run() -> Result<(), String> {
     let _ = fs::remove_dir_all(&stage);
 
     // 4. cmake.
-    let portable = env::var("CKTRACE_PORTABLE").map(|v| v == "1").unwrap_or(false);
+    let portable = env::var("CKTRACE_PORTABLE")
+        .map(|v| v == "1")
+        .unwrap_or(false);
     let mut cfg = cmake::Config::new(&tree);
     cfg.profile("Release")
         .define("BUILD_SHARED_LIBS", "OFF")
@@ -172,16 +212,28 @@ fn run() -> Result<(), String> {
         .map_err(|e| {
             format!("bindgen failed ({e}); if libclang is missing run `apt-get install -y libclang-dev`")
         })?;
-    bindings.write_to_file(out.join("bindings.rs")).map_err(|e| format!("write bindings: {e}"))?;
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .map_err(|e| format!("write bindings: {e}"))?;
 
     // 7. What the binary reports about its llama.cpp.
-    let series: Vec<String> = patches.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let series: Vec<String> = patches
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     println!("cargo:rustc-env=CKTRACE_LLAMA_SOURCE={source_desc}");
     println!(
         "cargo:rustc-env=CKTRACE_LLAMA_PATCHES={}",
-        if no_patches { "none (CKTRACE_NO_PATCHES=1)".to_string() } else { series.join(",") }
+        if no_patches {
+            "none (CKTRACE_NO_PATCHES=1)".to_string()
+        } else {
+            series.join(",")
+        }
     );
-    println!("cargo:rustc-env=CKTRACE_LLAMA_NATIVE={}", if portable { "portable" } else { "native" });
+    println!(
+        "cargo:rustc-env=CKTRACE_LLAMA_NATIVE={}",
+        if portable { "portable" } else { "native" }
+    );
     if no_patches {
         println!("cargo:rustc-cfg=cktrace_no_hook");
     }

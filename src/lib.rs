@@ -1,1 +1,14 @@
+//! cktrace: per-thread memory-access tracing of quantized LLM inference on
+//! CPU. The library holds the safe llama.cpp layer, the generation loop, the
+//! model catalogue and the tracer glue; `main.rs` is the CLI over it.
+
+pub mod bench;
+pub mod check;
 pub mod ffi;
+pub mod generate;
+pub mod llama;
+pub mod trace;
+
+pub mod gguf;
+pub mod models;
+pub mod testmodel;

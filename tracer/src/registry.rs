@@ -81,7 +81,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new() -> Self {
-        Registry { version: REGISTRY_VERSION, tensors: Vec::new() }
+        Registry {
+            version: REGISTRY_VERSION,
+            tensors: Vec::new(),
+        }
     }
 
     /// The tensor with this id, if any.

@@ -1,0 +1,216 @@
+//! The `cktrace parse` and `cktrace export` subcommands as clap argument
+//! structs with a `run` that returns the process exit code. The caller owns
+//! stdout (passed as `out`); warnings and progress go to stderr.
+//!
+//! `dir` may be omitted on the command line; the caller then fills it in
+//! with [`resolve_dir`], which reads the last trace directory recorded under
+//! the trace root.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args};
+
+use crate::export::{self, chrome, parquet, Format};
+use crate::filter::Filter;
+use crate::reader::Trace;
+use crate::stats::Stats;
+use crate::validate::Validation;
+
+/// Name of the file under the trace root that holds the last trace
+/// directory.
+pub const LAST_FILE: &str = "LAST";
+
+/// `opt` if given, else the directory named in `<default_root>/LAST` (a
+/// relative path there is relative to `default_root`).
+pub fn resolve_dir(opt: Option<PathBuf>, default_root: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = opt {
+        return Ok(p);
+    }
+    let mut last = default_root.join(LAST_FILE);
+    if !last.exists() && default_root.join("last").exists() {
+        last = default_root.join("last");
+    }
+    let text = std::fs::read_to_string(&last).with_context(|| {
+        format!(
+            "no trace directory given and {} cannot be read (record a trace first, or pass DIR)",
+            last.display()
+        )
+    })?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        bail!("no trace directory given and {} is empty", last.display());
+    }
+    let p = PathBuf::from(line);
+    Ok(if p.is_relative() {
+        default_root.join(p)
+    } else {
+        p
+    })
+}
+
+/// `cktrace parse`: list, summarize or check a trace.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ParseArgs {
+    /// Trace bundle directory (default: the last trace recorded).
+    pub dir: Option<PathBuf>,
+    /// Print at most N records.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    #[command(flatten)]
+    pub filter: Filter,
+    /// Print statistics (bytes per op, layer, thread, kernel path and step;
+    /// weight coverage per step) instead of records.
+    #[arg(long)]
+    pub stats: bool,
+    /// Run the consistency checks (registry names, per-thread time order,
+    /// row-range tiling, completeness); exit status 1 if any fails. Checks
+    /// the whole trace: filters do not apply.
+    #[arg(long)]
+    pub validate: bool,
+    /// Output format (for --stats and --validate: json/jsonl print JSON,
+    /// the others text).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `cktrace export`: write a trace as Chrome trace events or Parquet.
+#[derive(Args, Clone, Debug, Default)]
+#[command(group(ArgGroup::new("output").required(true).multiple(true).args(["chrome", "parquet"])))]
+pub struct ExportArgs {
+    /// Trace bundle directory (default: the last trace recorded).
+    pub dir: Option<PathBuf>,
+    /// Write Chrome trace-event JSON (chrome://tracing, Perfetto) to FILE
+    /// (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub chrome: Option<PathBuf>,
+    /// Write one Parquet row per record, with the registry columns joined.
+    #[arg(long, value_name = "FILE")]
+    pub parquet: Option<PathBuf>,
+    #[command(flatten)]
+    pub filter: Filter,
+}
+
+fn open(dir: Option<PathBuf>) -> anyhow::Result<Trace> {
+    let dir = dir.context("no trace directory given")?;
+    let trace = Trace::open(&dir)?;
+    for w in trace.warnings() {
+        eprintln!("cktrace: warning: {w}");
+    }
+    Ok(trace)
+}
+
+/// A write to a closed pipe (`cktrace parse | head`) ends output quietly.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn quiet_pipe(r: anyhow::Result<i32>) -> anyhow::Result<i32> {
+    match r {
+        Err(e) if broken_pipe(&e) => Ok(0),
+        r => r,
+    }
+}
+
+impl ParseArgs {
+    /// Run; `Ok(1)` when validation failed.
+    pub fn run(self, out: &mut dyn Write) -> anyhow::Result<i32> {
+        quiet_pipe(self.run_inner(out))
+    }
+
+    fn run_inner(self, out: &mut dyn Write) -> anyhow::Result<i32> {
+        let trace = open(self.dir)?;
+        let json = matches!(self.format, Format::Json | Format::Jsonl);
+        if !self.validate && !self.stats {
+            export::write_records(&trace, &self.filter, self.format, self.limit, out)?;
+            return Ok(0);
+        }
+        let validation = self.validate.then(|| {
+            if !self.filter.is_empty() {
+                eprintln!("cktrace: warning: filters do not apply to --validate (it checks the whole trace)");
+            }
+            Validation::run(&trace)
+        });
+        let stats = self.stats.then(|| Stats::compute(&trace, &self.filter));
+        if json {
+            let mut w = BufWriter::new(&mut *out);
+            match (&stats, &validation) {
+                (Some(s), Some(v)) => serde_json::to_writer_pretty(
+                    &mut w,
+                    &serde_json::json!({ "stats": s, "validation": v }),
+                )?,
+                (Some(s), None) => serde_json::to_writer_pretty(&mut w, s)?,
+                (None, Some(v)) => serde_json::to_writer_pretty(&mut w, v)?,
+                (None, None) => {}
+            }
+            writeln!(w)?;
+            w.flush()?;
+        } else {
+            if let Some(s) = &stats {
+                s.write_text(out)?;
+            }
+            if let Some(v) = &validation {
+                if stats.is_some() {
+                    writeln!(out)?;
+                }
+                v.write_text(out)?;
+            }
+        }
+        out.flush()?;
+        Ok(match validation {
+            Some(v) if !v.ok() => 1,
+            _ => 0,
+        })
+    }
+}
+
+impl ExportArgs {
+    /// Run; reports what was written to `out` (or to stderr when the Chrome
+    /// trace itself goes to `out`).
+    pub fn run(self, out: &mut dyn Write) -> anyhow::Result<i32> {
+        quiet_pipe(self.run_inner(out))
+    }
+
+    fn run_inner(self, out: &mut dyn Write) -> anyhow::Result<i32> {
+        let trace = open(self.dir)?;
+        let mut notes = Vec::new();
+        if let Some(path) = &self.chrome {
+            let s = if path.as_os_str() == "-" {
+                chrome::write_chrome(&trace, &self.filter, out)?
+            } else {
+                let mut f = File::create(path)
+                    .with_context(|| format!("{}: cannot create", path.display()))?;
+                let s = chrome::write_chrome(&trace, &self.filter, &mut f)
+                    .with_context(|| format!("{}: write failed", path.display()))?;
+                f.sync_all()
+                    .with_context(|| format!("{}: write failed", path.display()))?;
+                s
+            };
+            notes.push(format!(
+                "wrote {} events ({} threads, {} counter samples) to {}",
+                s.records,
+                s.threads,
+                s.counters,
+                path.display()
+            ));
+        }
+        if let Some(path) = &self.parquet {
+            let rows = parquet::write_parquet(&trace, &self.filter, path)?;
+            notes.push(format!("wrote {rows} rows to {}", path.display()));
+        }
+        let to_stderr = self.chrome.as_deref().is_some_and(|p| p.as_os_str() == "-");
+        for n in notes {
+            if to_stderr {
+                eprintln!("cktrace: {n}");
+            } else {
+                writeln!(out, "{n}")?;
+            }
+        }
+        Ok(0)
+    }
+}

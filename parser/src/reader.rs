@@ -1,0 +1,575 @@
+//! Opening a trace bundle: `trace.bin` memory-mapped and read in place,
+//! `registry.json` and (optionally) `meta.json` parsed.
+//!
+//! Records are decoded one at a time straight from the mapping, so iterating
+//! over a multi-GiB trace allocates nothing. Everything the header claims is
+//! checked against the file before use: the number of readable slots is
+//! `min(header.records, (file_len - HEADER_SIZE) / RECORD_SIZE)`, a file cut
+//! in the middle of a record loses only that record (with a warning), and a
+//! slot without [`flags::VALID`] (reserved by a writer that never finished
+//! it) is skipped by [`Trace::records`].
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use cktrace_tracer::format::{flags, HEADER_SIZE, RECORD_SIZE};
+use cktrace_tracer::{Meta, Registry, TensorInfo, TraceHeader, TraceRecord};
+use memmap2::{Mmap, MmapOptions};
+
+/// The file names inside a trace bundle directory.
+pub const TRACE_FILE: &str = "trace.bin";
+pub const REGISTRY_FILE: &str = "registry.json";
+pub const META_FILE: &str = "meta.json";
+
+/// Why a trace bundle could not be opened. Each message is one line that
+/// names the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: not a trace bundle directory (no {TRACE_FILE} in it)", path.display())]
+    NotABundle { path: PathBuf },
+    #[error("{}: file is {len} bytes, shorter than the {HEADER_SIZE}-byte trace header", path.display())]
+    ShortFile { path: PathBuf, len: u64 },
+    #[error("{}: {msg}", path.display())]
+    BadHeader { path: PathBuf, msg: String },
+    #[error("{}: missing: every trace bundle has a {REGISTRY_FILE} next to {TRACE_FILE}", path.display())]
+    MissingRegistry { path: PathBuf },
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// An open trace bundle. Cheap to share across threads (`&Trace` is `Sync`).
+pub struct Trace {
+    dir: PathBuf,
+    map: Mmap,
+    header: TraceHeader,
+    registry: Registry,
+    meta: Option<Meta>,
+    /// Slots readable: min(header.records, whole slots in the file).
+    slots: usize,
+    file_len: u64,
+    warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace")
+            .field("dir", &self.dir)
+            .field("header", &self.header)
+            .field("slots", &self.slots)
+            .field("tensors", &self.registry.tensors.len())
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+impl Trace {
+    /// Open the bundle in `dir` (a path to `trace.bin` itself is accepted
+    /// too and means its directory).
+    pub fn open(dir: &Path) -> Result<Trace, ParseError> {
+        let dir = if dir.is_file() {
+            dir.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            dir.to_path_buf()
+        };
+        let bin = dir.join(TRACE_FILE);
+        let file = match File::open(&bin) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(if dir.is_dir() {
+                    ParseError::NotABundle { path: dir }
+                } else {
+                    ParseError::Io {
+                        path: dir,
+                        what: "cannot open trace directory",
+                        source: e,
+                    }
+                });
+            }
+            Err(e) => {
+                return Err(ParseError::Io {
+                    path: bin,
+                    what: "cannot open",
+                    source: e,
+                })
+            }
+        };
+        let file_len = file
+            .metadata()
+            .map_err(|e| ParseError::Io {
+                path: bin.clone(),
+                what: "cannot stat",
+                source: e,
+            })?
+            .len();
+        if file_len < HEADER_SIZE as u64 {
+            return Err(ParseError::ShortFile {
+                path: bin,
+                len: file_len,
+            });
+        }
+        // SAFETY: the mapping is read-only and only ever viewed as `[u8]`,
+        // for which every bit pattern is valid; records are copied out of it
+        // before any field is interpreted. A writer still appending to the
+        // file can change bytes under us (we then read a torn record, which
+        // is at worst invalid data, never UB for u8); truncating the file
+        // while it is mapped would fault, which is the documented limit of
+        // reading a live trace through mmap.
+        let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| ParseError::Io {
+            path: bin.clone(),
+            what: "cannot mmap",
+            source: e,
+        })?;
+        // The mapping may be shorter than the metadata said if the file
+        // shrank in between; trust the mapping.
+        let file_len = (map.len() as u64).min(file_len);
+        if file_len < HEADER_SIZE as u64 {
+            return Err(ParseError::ShortFile {
+                path: bin,
+                len: file_len,
+            });
+        }
+        let head: &[u8; HEADER_SIZE] = map[..HEADER_SIZE].try_into().expect("length checked above");
+        let header = TraceHeader::from_bytes(head);
+        header.check().map_err(|msg| ParseError::BadHeader {
+            path: bin.clone(),
+            msg,
+        })?;
+
+        let mut warnings = Vec::new();
+        let body = file_len - HEADER_SIZE as u64;
+        let whole = body / RECORD_SIZE as u64;
+        let tail = body % RECORD_SIZE as u64;
+        if tail != 0 {
+            warnings.push(format!(
+                "{}: file ends with a partial record ({tail} of {RECORD_SIZE} bytes) after slot {whole}; ignored",
+                bin.display()
+            ));
+        }
+        if header.records > whole {
+            warnings.push(format!(
+                "{}: header reserves {} slots but the file holds only {whole}; the file is cut, reading {whole}",
+                bin.display(),
+                header.records
+            ));
+        }
+        // `whole` is bounded by the file size, so this fits in usize on any
+        // machine that could map the file.
+        let slots = usize::try_from(header.records.min(whole)).unwrap_or(usize::MAX);
+        if header.dropped != 0 {
+            warnings.push(format!(
+                "{}: the writer dropped {} records (trace capacity {} exhausted)",
+                bin.display(),
+                header.dropped,
+                header.capacity
+            ));
+        }
+        if header.finished == 0 {
+            warnings.push(format!(
+                "{}: the trace was not closed cleanly (writer killed or still running); unfinished slots are skipped",
+                bin.display()
+            ));
+        }
+
+        let reg_path = dir.join(REGISTRY_FILE);
+        let registry: Registry = match std::fs::read(&reg_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ParseError::Json {
+                path: reg_path.clone(),
+                source: e,
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ParseError::MissingRegistry { path: reg_path });
+            }
+            Err(e) => {
+                return Err(ParseError::Io {
+                    path: reg_path,
+                    what: "cannot read",
+                    source: e,
+                })
+            }
+        };
+        let misplaced = registry
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| t.id as usize != *i)
+            .count();
+        if misplaced != 0 {
+            warnings.push(format!(
+                "{}: {misplaced} tensors have an id different from their index; records naming them do not resolve",
+                reg_path.display()
+            ));
+        }
+
+        let meta_path = dir.join(META_FILE);
+        let meta = match std::fs::read(&meta_path) {
+            Ok(bytes) => match serde_json::from_slice::<Meta>(&bytes) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warnings.push(format!(
+                        "{}: invalid JSON, ignored: {e}",
+                        meta_path.display()
+                    ));
+                    None
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                warnings.push(format!(
+                    "{}: missing; run facts (model, prompt) unavailable",
+                    meta_path.display()
+                ));
+                None
+            }
+            Err(e) => {
+                warnings.push(format!(
+                    "{}: cannot read, ignored: {e}",
+                    meta_path.display()
+                ));
+                None
+            }
+        };
+
+        Ok(Trace {
+            dir,
+            map,
+            header,
+            registry,
+            meta,
+            slots,
+            file_len,
+            warnings,
+        })
+    }
+
+    /// The bundle directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &TraceHeader {
+        &self.header
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The tensor a record's `tensor_id` / `act_id` names, if it resolves.
+    pub fn tensor(&self, id: u32) -> Option<&TensorInfo> {
+        self.registry.get(id)
+    }
+
+    /// `meta.json`, if it was present and valid.
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.as_ref()
+    }
+
+    /// Problems found while opening that do not prevent reading: a cut
+    /// file, a partial last record, dropped records, an unclean close, a
+    /// missing `meta.json`. One line each, naming the file.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Slots that can be read (complete or not).
+    pub fn slot_count(&self) -> usize {
+        self.slots
+    }
+
+    /// Length of `trace.bin` in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Slots in the file after the header, whether reserved or not.
+    pub fn file_slots(&self) -> u64 {
+        (self.file_len - HEADER_SIZE as u64) / RECORD_SIZE as u64
+    }
+
+    /// Bytes of the readable slots (what a full scan touches).
+    pub fn data_len(&self) -> u64 {
+        self.slots as u64 * RECORD_SIZE as u64
+    }
+
+    /// The raw bytes of slot `i`, if it is readable.
+    pub fn slot_bytes(&self, i: usize) -> Option<&[u8; RECORD_SIZE]> {
+        if i >= self.slots {
+            return None;
+        }
+        let start = HEADER_SIZE + i * RECORD_SIZE;
+        self.map.get(start..start + RECORD_SIZE)?.try_into().ok()
+    }
+
+    /// Slot `i` decoded, complete or not.
+    pub fn slot(&self, i: usize) -> Option<TraceRecord> {
+        self.slot_bytes(i).map(TraceRecord::from_bytes)
+    }
+
+    /// Every complete record, in file order.
+    pub fn records(&self) -> Records<'_> {
+        self.records_in(0..self.slots)
+    }
+
+    /// The complete records among slots `range` (clamped to the readable
+    /// slots), in file order. Splitting `0..slot_count()` into ranges is how
+    /// scans run in parallel.
+    pub fn records_in(&self, range: Range<usize>) -> Records<'_> {
+        let end = range.end.min(self.slots);
+        let start = range.start.min(end);
+        let bytes = &self.map[HEADER_SIZE + start * RECORD_SIZE..HEADER_SIZE + end * RECORD_SIZE];
+        Records {
+            chunks: bytes.chunks_exact(RECORD_SIZE),
+            next_slot: start,
+        }
+    }
+
+    /// Number of readable slots without [`flags::VALID`] (reserved but never
+    /// completed). Scans the file.
+    pub fn incomplete_slots(&self) -> u64 {
+        let bytes = &self.map[HEADER_SIZE..HEADER_SIZE + self.slots * RECORD_SIZE];
+        bytes
+            .chunks_exact(RECORD_SIZE)
+            .filter(|c| !is_valid(c))
+            .count() as u64
+    }
+}
+
+/// Whether a slot's flags word has [`flags::VALID`].
+#[inline]
+fn is_valid(slot: &[u8]) -> bool {
+    let f = u32::from_le_bytes([slot[76], slot[77], slot[78], slot[79]]);
+    f & flags::VALID != 0
+}
+
+/// Iterator over the complete records of a range of slots.
+#[derive(Clone)]
+pub struct Records<'a> {
+    chunks: std::slice::ChunksExact<'a, u8>,
+    next_slot: usize,
+}
+
+impl<'a> Records<'a> {
+    /// Yield `(slot index, record)` instead of the record alone.
+    pub fn with_slots(self) -> SlotRecords<'a> {
+        SlotRecords(self)
+    }
+
+    #[inline]
+    fn next_valid(&mut self) -> Option<(usize, TraceRecord)> {
+        for c in self.chunks.by_ref() {
+            let slot = self.next_slot;
+            self.next_slot += 1;
+            if is_valid(c) {
+                let b: &[u8; RECORD_SIZE] = c.try_into().expect("chunks_exact yields RECORD_SIZE");
+                return Some((slot, TraceRecord::from_bytes(b)));
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = TraceRecord;
+
+    #[inline]
+    fn next(&mut self) -> Option<TraceRecord> {
+        self.next_valid().map(|(_, r)| r)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.chunks.len()))
+    }
+}
+
+/// Iterator over `(slot index, record)`; see [`Records::with_slots`].
+#[derive(Clone)]
+pub struct SlotRecords<'a>(Records<'a>);
+
+impl Iterator for SlotRecords<'_> {
+    type Item = (usize, TraceRecord);
+
+    #[inline]
+    fn next(&mut self) -> Option<(usize, TraceRecord)> {
+        self.0.next_valid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Bundle;
+    use cktrace_tracer::format::FORMAT_VERSION;
+
+    fn err(dir: &Path) -> String {
+        Trace::open(dir).expect_err("open should fail").to_string()
+    }
+
+    #[test]
+    fn opens_a_good_bundle() {
+        let b = Bundle::small();
+        let t = Trace::open(b.path()).unwrap();
+        assert!(t.warnings().is_empty(), "{:?}", t.warnings());
+        assert_eq!(t.slot_count(), b.recs.len());
+        assert_eq!(t.records().collect::<Vec<_>>(), b.recs);
+        assert_eq!(t.incomplete_slots(), 0);
+        assert!(t.meta().is_some());
+        assert_eq!(t.registry(), &b.reg);
+        // Ranges clamp and keep slot numbers.
+        let tail: Vec<_> = t.records_in(5..usize::MAX).with_slots().collect();
+        assert_eq!(tail.len(), b.recs.len() - 5);
+        assert_eq!(tail[0], (5, b.recs[5]));
+        assert_eq!(t.records_in(usize::MAX - 1..usize::MAX).count(), 0);
+        // A path to trace.bin means its directory.
+        assert_eq!(Trace::open(&b.bin()).unwrap().slot_count(), b.recs.len());
+    }
+
+    #[test]
+    fn empty_file() {
+        let b = Bundle::small();
+        std::fs::write(b.bin(), b"").unwrap();
+        let e = err(b.path());
+        assert!(e.contains("trace.bin") && e.contains("0 bytes"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn random_bytes() {
+        let b = Bundle::small();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let bytes: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(b.bin(), bytes).unwrap();
+        let e = err(b.path());
+        assert!(e.contains("trace.bin: not a cktrace trace"), "{e}");
+    }
+
+    #[test]
+    fn short_header() {
+        let b = Bundle::small();
+        let h = crate::synth::header_for(3, 2).to_bytes();
+        std::fs::write(b.bin(), &h[..100]).unwrap();
+        let e = err(b.path());
+        assert!(
+            e.contains("100 bytes, shorter than the 256-byte trace header"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn version_2_is_refused() {
+        let b = Bundle::small();
+        let mut h = crate::synth::header_for(b.recs.len() as u64, 2);
+        h.version = FORMAT_VERSION + 1;
+        crate::synth::write_bundle(b.path(), &h, &b.reg, None, &b.recs).unwrap();
+        let e = err(b.path());
+        assert!(
+            e.contains("trace.bin: trace format version 2 is not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn huge_counts_are_bounded_by_the_file() {
+        let b = Bundle::small();
+        let mut h = crate::synth::header_for(u64::MAX / 2, 2);
+        h.complete = 0;
+        crate::synth::write_bundle(b.path(), &h, &b.reg, None, &b.recs[..3]).unwrap();
+        let t = Trace::open(b.path()).unwrap();
+        assert_eq!(t.slot_count(), 3);
+        assert_eq!(t.records().count(), 3);
+        assert!(
+            t.warnings()
+                .iter()
+                .any(|w| w.contains("the file is cut, reading 3")),
+            "{:?}",
+            t.warnings()
+        );
+    }
+
+    #[test]
+    fn cut_mid_record_reads_the_complete_ones() {
+        let b = Bundle::small();
+        let len = std::fs::metadata(b.bin()).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(b.bin())
+            .unwrap();
+        f.set_len(len - 50).unwrap();
+        let t = Trace::open(b.path()).unwrap();
+        assert_eq!(t.records().count(), b.recs.len() - 1);
+        assert!(
+            t.warnings()
+                .iter()
+                .any(|w| w.contains("partial record (78 of 128 bytes)")),
+            "{:?}",
+            t.warnings()
+        );
+        assert!(t.warnings().iter().any(|w| w.contains("the file is cut")));
+    }
+
+    #[test]
+    fn missing_registry() {
+        let b = Bundle::small();
+        std::fs::remove_file(b.path().join(REGISTRY_FILE)).unwrap();
+        let e = err(b.path());
+        assert!(e.contains("registry.json: missing"), "{e}");
+    }
+
+    #[test]
+    fn bad_registry_json() {
+        let b = Bundle::small();
+        std::fs::write(b.path().join(REGISTRY_FILE), b"{\"version\":1,").unwrap();
+        let e = err(b.path());
+        assert!(e.contains("registry.json: invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn missing_meta_is_a_warning() {
+        let b = Bundle::small();
+        std::fs::remove_file(b.path().join(META_FILE)).unwrap();
+        let t = Trace::open(b.path()).unwrap();
+        assert!(t.meta().is_none());
+        assert!(t
+            .warnings()
+            .iter()
+            .any(|w| w.contains("meta.json: missing")));
+    }
+
+    #[test]
+    fn not_a_bundle() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(err(d.path()).contains("not a trace bundle directory"));
+        assert!(err(&d.path().join("nope")).contains("cannot open trace directory"));
+    }
+
+    #[test]
+    fn incomplete_slots_are_skipped() {
+        let mut b = Bundle::small();
+        b.recs[3].flags &= !flags::VALID;
+        b.write();
+        let t = Trace::open(b.path()).unwrap();
+        assert_eq!(t.records().count(), b.recs.len() - 1);
+        assert_eq!(t.incomplete_slots(), 1);
+        assert!(t.records().with_slots().all(|(s, _)| s != 3));
+        assert_eq!(t.slot(3).unwrap().flags & flags::VALID, 0);
+    }
+}

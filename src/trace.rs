@@ -1,0 +1,500 @@
+//! Tracing the ggml engine: the hook our patch series calls from every CPU
+//! kernel path, the registry built at model load, and the trace bundle
+//! (`trace.bin`, `registry.json`, `meta.json`) written by `cktrace run
+//! --trace`.
+//!
+//! The hook is a plain `extern "C"` function installed with
+//! `ggml_cpu_set_trace_hook`; ggml calls it on the worker thread that did the
+//! work, once per chunk / tile range / row. It resolves the tensor that was
+//! read to a registry id (weights through a frozen pointer map built at load;
+//! KV cache and activations by name, registered the first time they are seen),
+//! fills a [`TraceRecord`] and hands it to the tracer's thread-local buffer.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use cktrace_tracer::format::{flags, NO_ID};
+use cktrace_tracer::sink::{self, SinkStats, TraceSink};
+use cktrace_tracer::{
+    layer_of, Engine, MemorySource, Meta, Op, Phase, Registry, TensorInfo, TensorKind, TraceRecord,
+};
+
+use crate::ffi;
+use crate::generate::StepHook;
+use crate::llama::{self, Model};
+
+/// Records the default trace can hold (a sparse file: 8 GiB of address
+/// space, only what is written uses disk).
+pub const DEFAULT_CAPACITY: u64 = 1 << 26;
+
+// Step state, written by the thread that calls llama_decode before each step
+// and read by the workers inside the hook.
+static STEP: AtomicU32 = AtomicU32::new(0);
+static POS: AtomicI32 = AtomicI32::new(0);
+static NTOK: AtomicU32 = AtomicU32::new(0);
+static PHASE: AtomicU8 = AtomicU8::new(0);
+
+/// What the hook needs to resolve tensors; frozen while the hook is installed
+/// except for the runtime map, which has its own lock.
+struct HookState {
+    generation: u64,
+    start_mono_ns: u64,
+    /// Weight tensor address -> registry id.
+    weights: HashMap<usize, u32>,
+    /// Per id: layer and whether the copy read is repacked.
+    info: Vec<(i16, bool)>,
+    registry: Arc<Mutex<Registry>>,
+    /// Runtime tensor name -> id.
+    runtime: Mutex<HashMap<Box<[u8]>, u32>>,
+}
+
+static STATE: AtomicPtr<HookState> = AtomicPtr::new(std::ptr::null_mut());
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Per-thread cache of runtime ids: (generation, name -> (id, layer)).
+    static RUNTIME_CACHE: RefCell<(u64, HashMap<Box<[u8]>, (u32, i16)>)> = RefCell::new((0, HashMap::new()));
+}
+
+fn name_bytes(t: &ffi::ggml_tensor) -> &[u8] {
+    // SAFETY: `name` is a fixed-size char array inside the tensor.
+    let b = unsafe { std::slice::from_raw_parts(t.name.as_ptr() as *const u8, t.name.len()) };
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..end]
+}
+
+fn buft_name(t: &ffi::ggml_tensor) -> String {
+    if t.buffer.is_null() {
+        return String::new();
+    }
+    // SAFETY: a non-null buffer of a live tensor; the name is a static string.
+    unsafe {
+        let bt = ffi::ggml_backend_buffer_get_type(t.buffer);
+        if bt.is_null() {
+            return String::new();
+        }
+        CStr::from_ptr(ffi::ggml_backend_buft_name(bt))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn shape(t: &ffi::ggml_tensor) -> Vec<u64> {
+    // SAFETY: t is a valid tensor.
+    let n = unsafe { ffi::ggml_n_dims(t) }.max(1) as usize;
+    t.ne[..n].iter().map(|&x| x as u64).collect()
+}
+
+impl HookState {
+    /// Registry id (and layer) of a runtime tensor, registering it on first sight.
+    fn runtime_id(&self, t: &ffi::ggml_tensor) -> (u32, i16) {
+        let name = name_bytes(t);
+        let hit = RUNTIME_CACHE
+            .try_with(|c| {
+                let c = c.try_borrow().ok()?;
+                if c.0 != self.generation {
+                    return None;
+                }
+                c.1.get(name).copied()
+            })
+            .ok()
+            .flatten();
+        if let Some(v) = hit {
+            return v;
+        }
+        let name_s = String::from_utf8_lossy(name).into_owned();
+        let layer = layer_of(&name_s).map(|l| l as i16).unwrap_or(-1);
+        let id = {
+            let mut rt = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(&id) = rt.get(name) {
+                id
+            } else {
+                let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+                let id = reg.tensors.len() as u32;
+                let n_rows: u64 = t.ne[1..].iter().map(|&x| x.max(1) as u64).product();
+                // SAFETY: valid tensor; pure size computations.
+                let (row_bytes, bytes) = unsafe {
+                    (
+                        ffi::ggml_row_size(t.type_, t.ne[0]) as u64,
+                        ffi::ggml_nbytes(t) as u64,
+                    )
+                };
+                reg.tensors.push(TensorInfo {
+                    id,
+                    name: name_s.clone(),
+                    kind: if name_s.starts_with("cache_") {
+                        TensorKind::KvCache
+                    } else {
+                        TensorKind::Activation
+                    },
+                    dtype: llama::type_name(t.type_),
+                    shape: shape(t),
+                    n_rows,
+                    row_bytes,
+                    bytes,
+                    layer: layer_of(&name_s),
+                    gguf_offset: None,
+                    source: MemorySource::Runtime,
+                    buffer_type: buft_name(t),
+                    data_ptrs: vec![t.data as u64],
+                });
+                rt.insert(name.into(), id);
+                id
+            }
+        };
+        let _ = RUNTIME_CACHE.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                if c.0 != self.generation {
+                    *c = (self.generation, HashMap::new());
+                }
+                c.1.insert(name.into(), (id, layer));
+            }
+        });
+        (id, layer)
+    }
+
+    /// Resolve a tensor to (base tensor, byte offset of `t` in the base, id, layer, repacked).
+    fn resolve<'a>(&self, t: &'a ffi::ggml_tensor) -> (&'a ffi::ggml_tensor, u64, u32, i16, bool) {
+        let mut base = t;
+        // SAFETY: view_src chains point at live tensors of the same graph or model.
+        while !base.view_src.is_null() {
+            base = unsafe { &*base.view_src };
+        }
+        let off = (t.data as u64).wrapping_sub(base.data as u64);
+        if let Some(&id) = self.weights.get(&(base as *const _ as usize)) {
+            let (layer, repacked) = self.info[id as usize];
+            return (base, off, id, layer, repacked);
+        }
+        let (id, layer) = self.runtime_id(base);
+        (base, off, id, layer, false)
+    }
+}
+
+unsafe extern "C" fn ggml_trace_hook(ev: *const ffi::ggml_cpu_trace_event) {
+    let st = STATE.load(Ordering::Acquire);
+    if st.is_null() || ev.is_null() {
+        return;
+    }
+    // SAFETY: STATE is set while the hook is installed and cleared (then
+    // freed) only after the hook is removed and the workers are idle; ggml
+    // passes a valid event whose tensor pointers are live for the call.
+    let (st, ev) = unsafe { (&*st, &*ev) };
+    if ev.src.is_null() || ev.node.is_null() {
+        return;
+    }
+    // SAFETY: non-null, live for the call (see above).
+    let (src, node) = unsafe { (&*ev.src, &*ev.node) };
+    let (base, off, id, layer, repacked) = st.resolve(src);
+    let (act_id, _) = if ev.act.is_null() {
+        (NO_ID, -1)
+    } else {
+        // SAFETY: non-null live tensor.
+        let a = st.resolve(unsafe { &*ev.act });
+        (a.2, a.3)
+    };
+    let op = match node.op {
+        ffi::GGML_OP_MUL_MAT => Op::MulMat,
+        ffi::GGML_OP_MUL_MAT_ID => Op::MulMatId,
+        ffi::GGML_OP_GET_ROWS => Op::GetRows,
+        _ => Op::Other,
+    };
+    let layer = if layer >= 0 {
+        layer
+    } else {
+        layer_of(&String::from_utf8_lossy(name_bytes(node)))
+            .map(|l| l as i16)
+            .unwrap_or(-1)
+    };
+    let mut fl = ev.flags & (flags::STRIDED | flags::OP_LEVEL);
+    if repacked {
+        fl |= flags::REPACKED;
+    }
+    let mut r = TraceRecord {
+        t_ns: ev.t0_ns.saturating_sub(st.start_mono_ns),
+        dur_ns: ev.t1_ns.saturating_sub(ev.t0_ns).min(u32::MAX as u64) as u32,
+        step: STEP.load(Ordering::Relaxed),
+        pos: POS.load(Ordering::Relaxed),
+        n_tokens: NTOK.load(Ordering::Relaxed).min(u16::MAX as u32) as u16,
+        phase: PHASE.load(Ordering::Relaxed),
+        engine: Engine::Ggml as u8,
+        op: op as u8,
+        path: ev.path as u8,
+        thread: ev.ith as u16,
+        n_threads: ev.nth as u16,
+        layer,
+        tensor_id: id,
+        act_id,
+        offset: ev.offset.wrapping_add(off),
+        len: ev.len,
+        row0: ev.row0 as u32,
+        row1: ev.row1 as u32,
+        col0: ev.col0 as u32,
+        col1: ev.col1 as u32,
+        expert: ev.expert,
+        flags: fl,
+        node: ev.node as u64,
+        act_bytes: ev.act_bytes,
+        name: [0; 32],
+    };
+    // "Path A": the name as ggml itself spells it, not the registry's copy.
+    r.set_name(name_bytes(base));
+    sink::record(r);
+}
+
+/// /proc/self/maps ranges that map `path`: (start, end, file offset).
+fn file_mappings(path: &Path) -> Vec<(u64, u64, u64)> {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    let canon = canon.to_string_lossy().into_owned();
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let range = it.next()?;
+            let _perms = it.next()?;
+            let off = u64::from_str_radix(it.next()?, 16).ok()?;
+            let _dev = it.next()?;
+            let _inode = it.next()?;
+            let p: String = it.collect::<Vec<_>>().join(" ");
+            if p != canon {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                off,
+            ))
+        })
+        .collect()
+}
+
+/// Build the weight registry of a loaded model, with the address of each
+/// weight's `ggml_tensor` (what the hook sees) by id.
+pub fn model_registry(model: &Model) -> Result<(Registry, Vec<usize>)> {
+    let gguf: HashMap<String, llama::GgufTensor> = llama::gguf_tensors(model.path())?
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let maps = file_mappings(model.path());
+    let mut reg = Registry::new();
+    let mut structs = Vec::new();
+    // SAFETY: the model is loaded; indices in range return live tensors.
+    let n = unsafe { ffi::llama_model_n_tensors(model.as_ptr()) };
+    for i in 0..n {
+        let tp = unsafe { ffi::llama_model_get_tensor_by_index(model.as_ptr(), i) };
+        if tp.is_null() {
+            continue;
+        }
+        // SAFETY: non-null tensor owned by the model.
+        let t = unsafe { &*tp };
+        let name = String::from_utf8_lossy(name_bytes(t)).into_owned();
+        let bt = buft_name(t);
+        let data = t.data as u64;
+        let g = gguf.get(&name);
+        let in_map = maps.iter().find(|(a, b, _)| data >= *a && data < *b);
+        let source = if bt.contains("REPACK") || bt.contains("AMX") || bt.contains("KLEIDI") {
+            MemorySource::Repacked
+        } else if in_map.is_some() {
+            MemorySource::Mmap
+        } else {
+            MemorySource::Anon
+        };
+        // SAFETY: valid tensor; pure size computations.
+        let (row_bytes, bytes) = unsafe {
+            (
+                ffi::ggml_row_size(t.type_, t.ne[0]) as u64,
+                ffi::ggml_nbytes(t) as u64,
+            )
+        };
+        let id = reg.tensors.len() as u32;
+        reg.tensors.push(TensorInfo {
+            id,
+            name: name.clone(),
+            kind: TensorKind::Weight,
+            dtype: llama::type_name(t.type_),
+            shape: shape(t),
+            n_rows: t.ne[1..].iter().map(|&x| x.max(1) as u64).product(),
+            row_bytes,
+            bytes,
+            layer: layer_of(&name),
+            gguf_offset: g
+                .map(|g| g.file_offset)
+                .or_else(|| in_map.map(|(a, _, off)| off + (data - a))),
+            source,
+            buffer_type: bt,
+            data_ptrs: vec![data],
+        });
+        structs.push(tp as usize);
+    }
+    Ok((reg, structs))
+}
+
+/// Where traces go when `--trace` has no directory: `$CKTRACE_TRACE_ROOT`,
+/// else `./cktrace-traces`. `LAST` in it names the newest trace.
+pub fn trace_root() -> PathBuf {
+    std::env::var_os("CKTRACE_TRACE_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cktrace-traces"))
+}
+
+/// One traced run of the ggml engine.
+pub struct TraceSession {
+    dir: PathBuf,
+    sink: Arc<TraceSink>,
+    registry: Arc<Mutex<Registry>>,
+    state: *mut HookState,
+    n_weights: usize,
+    finished: bool,
+}
+
+impl TraceSession {
+    /// Create the bundle directory and trace file, register the model's
+    /// weights and install the hook.
+    pub fn start(
+        dir: &Path,
+        model: &Model,
+        threads: u32,
+        capacity: u64,
+        trace_ops: bool,
+    ) -> Result<TraceSession> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating trace directory {}", dir.display()))?;
+        let (reg, structs) = model_registry(model)?;
+        let sink = TraceSink::create(&dir.join("trace.bin"), capacity, Engine::Ggml, threads)
+            .with_context(|| format!("creating {}", dir.join("trace.bin").display()))?;
+        // The hook sees `ggml_tensor` addresses: key weights by those.
+        let by_struct: HashMap<usize, u32> = structs
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (p, i as u32))
+            .collect();
+        let info = reg
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.layer.unwrap_or(-1) as i16,
+                    t.source == MemorySource::Repacked,
+                )
+            })
+            .collect();
+        let n_weights = reg.tensors.len();
+        let registry = Arc::new(Mutex::new(reg));
+        let state = Box::into_raw(Box::new(HookState {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            start_mono_ns: sink.start_mono_ns(),
+            weights: by_struct,
+            info,
+            registry: registry.clone(),
+            runtime: Mutex::new(HashMap::new()),
+        }));
+        sink::install(sink.clone());
+        STATE.store(state, Ordering::Release);
+        // SAFETY: installs a valid extern "C" fn; ggml only calls it from
+        // compute threads while it is set.
+        unsafe {
+            ffi::ggml_cpu_set_trace_ops(trace_ops);
+            ffi::ggml_cpu_set_trace_hook(Some(ggml_trace_hook));
+        }
+        Ok(TraceSession {
+            dir: dir.to_path_buf(),
+            sink,
+            registry,
+            state,
+            n_weights,
+            finished: false,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn n_weights(&self) -> usize {
+        self.n_weights
+    }
+
+    /// Remove the hook, flush everything, write registry.json and meta.json.
+    pub fn finish(&mut self, mut meta: Meta) -> Result<SinkStats> {
+        self.finished = true;
+        // SAFETY: no decode is running (we are on the thread that calls
+        // llama_decode, between calls), so no worker is inside the hook.
+        unsafe {
+            ffi::ggml_cpu_set_trace_hook(None);
+            ffi::ggml_cpu_set_trace_ops(false);
+        }
+        let st = STATE.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        sink::uninstall();
+        let stats = self
+            .sink
+            .finish()
+            .with_context(|| format!("finishing {}", self.sink.path().display()))?;
+        if !st.is_null() {
+            // SAFETY: created by Box::into_raw in start; no longer reachable.
+            drop(unsafe { Box::from_raw(st) });
+        }
+        let reg = self
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        write_json(&self.dir.join("registry.json"), &reg)?;
+        meta.records = stats.written;
+        meta.dropped = stats.dropped;
+        write_json(&self.dir.join("meta.json"), &meta)?;
+        Ok(stats)
+    }
+}
+
+impl Drop for TraceSession {
+    fn drop(&mut self) {
+        if !self.finished {
+            // SAFETY: as in finish: called between decodes.
+            unsafe { ffi::ggml_cpu_set_trace_hook(None) };
+            let st = STATE.swap(std::ptr::null_mut(), Ordering::AcqRel);
+            if let Some(s) = sink::uninstall() {
+                let _ = s.finish();
+            }
+            if !st.is_null() {
+                // SAFETY: created by Box::into_raw in start.
+                drop(unsafe { Box::from_raw(st) });
+            }
+        }
+        let _ = self.state;
+    }
+}
+
+impl StepHook for TraceSession {
+    fn before(&mut self, step: u32, pos: i32, tokens: &[i32]) {
+        STEP.store(step, Ordering::Relaxed);
+        POS.store(pos, Ordering::Relaxed);
+        NTOK.store(tokens.len() as u32, Ordering::Relaxed);
+        PHASE.store(
+            if step == 0 {
+                Phase::Prefill as u8
+            } else {
+                Phase::Decode as u8
+            },
+            Ordering::Release,
+        );
+    }
+    fn after(&mut self, _step: u32) {
+        sink::flush_all();
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    serde_json::to_writer_pretty(std::io::BufWriter::new(f), v)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

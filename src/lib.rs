@@ -3,6 +3,7 @@
 //! model catalogue and the tracer glue; `main.rs` is the CLI over it.
 
 pub mod bench;
+pub mod census;
 pub mod check;
 pub mod ffi;
 pub mod generate;

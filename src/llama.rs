@@ -97,6 +97,16 @@ pub fn init() {
     });
 }
 
+/// Allow or hide the AMX extra buffer type (patch 0003). Must be called
+/// before the first model load of the process; later calls have no effect.
+pub fn set_amx(enabled: bool) {
+    if !enabled {
+        // Edition 2021: set_var is safe; we call it on the main thread before
+        // llama.cpp starts any thread or reads the variable.
+        std::env::set_var("GGML_CPU_NO_AMX", "1");
+    }
+}
+
 /// llama.cpp's description of the CPU features it was built with.
 pub fn system_info() -> String {
     init();

@@ -48,8 +48,41 @@ enum Cmd {
     },
     /// Measure decode speed side by side (median of repetitions, ratios).
     Bench(bench::BenchArgs),
+    /// Prove the trace complete: enumerate every MUL_MAT / MUL_MAT_ID /
+    /// GET_ROWS node with the eval callback, trace the same generation, and
+    /// check that every node's records tile its output exactly once.
+    Census(CensusArgs),
     /// Print what llama.cpp this binary was built from.
     Info,
+}
+
+#[derive(Args)]
+struct CensusArgs {
+    /// A GGUF file or a catalogue name (default: smollm2).
+    model: Option<String>,
+    #[arg(
+        short = 'p',
+        long,
+        default_value = "The quick brown fox jumps over the lazy dog because"
+    )]
+    prompt: String,
+    #[arg(short = 'n', long = "n-predict", default_value_t = 5)]
+    n_predict: usize,
+    #[arg(short = 't', long, default_value_t = 2)]
+    threads: i32,
+    #[arg(long)]
+    no_mmap: bool,
+    #[arg(long)]
+    no_repack: bool,
+    /// Hide the AMX extra buffer type (weights take CPU_REPACK instead).
+    #[arg(long)]
+    no_amx: bool,
+    /// Where the traced pass writes its bundle (default: under the trace root).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the kernel path of every weight tensor.
+    #[arg(long)]
+    paths: bool,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +120,10 @@ struct RunArgs {
     /// Do not let ggml repack weights into CPU extra buffer types (repack/AMX).
     #[arg(long)]
     no_repack: bool,
+    /// Hide the AMX extra buffer type, so repackable weights take CPU_REPACK
+    /// (the path they take on a machine without AMX).
+    #[arg(long)]
+    no_amx: bool,
     /// Context size in tokens.
     #[arg(long, default_value_t = 2048)]
     ctx: u32,
@@ -164,6 +201,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::run(b)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Census(a) => cmd_census(a),
         Cmd::Info => {
             println!("llama.cpp source: {}", env!("CKTRACE_LLAMA_SOURCE"));
             println!("patch series: {}", env!("CKTRACE_LLAMA_PATCHES"));
@@ -299,6 +337,78 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
+    let path = resolve_model(a.model.as_deref())?;
+    cktrace::check::model_file(&path)?;
+    llama::set_amx(!a.no_amx);
+    let model = Model::load(
+        &path,
+        ModelParams {
+            mmap: !a.no_mmap,
+            repack: !a.no_repack,
+        },
+    )?;
+    let cparams = ContextParams {
+        n_ctx: 512,
+        n_batch: 512,
+        threads: a.threads,
+    };
+    let params = GenParams {
+        prompt: a.prompt.clone(),
+        n_predict: a.n_predict,
+        temp: 0.0,
+        seed: 1,
+        ignore_eos: true,
+    };
+    let dir = a.dir.clone().unwrap_or_else(|| default_trace_dir(&path));
+    let meta = Meta {
+        version: 1,
+        engine: "ggml".into(),
+        model_path: path.display().to_string(),
+        arch: model.arch(),
+        n_layer: model.n_layer(),
+        prompt: a.prompt.clone(),
+        threads: a.threads as u32,
+        mmap: !a.no_mmap,
+        repack: !a.no_repack,
+        llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
+        llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
+        command_line: std::env::args().collect(),
+        ..Default::default()
+    };
+    let rep = cktrace::census::run(&model, cparams, &params, &dir, meta)?;
+    // Kernel path per weight, grouped by (dtype, buffer type, paths).
+    let mut summary: std::collections::BTreeMap<String, usize> = Default::default();
+    for (name, (dtype, buft, paths)) in &rep.paths {
+        let ps: Vec<String> = paths.keys().cloned().collect();
+        let line = format!("{dtype:<6} {buft:<12} {}", ps.join("+"));
+        if a.paths {
+            println!("path {name:<32} {line}");
+        }
+        *summary.entry(line).or_default() += 1;
+    }
+    for (line, n) in &summary {
+        println!("kernel path: {n:>4} weight tensors  {line}");
+    }
+    println!(
+        "census: {} nodes executed, {} records, {} dropped, trace in {}",
+        rep.nodes,
+        rep.records,
+        rep.dropped,
+        dir.display()
+    );
+    if rep.failures.is_empty() {
+        println!("census: OK: every MUL_MAT / MUL_MAT_ID / GET_ROWS node has records that tile its output exactly once");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in rep.failures.iter().take(30) {
+            println!("census: FAIL: {f}");
+        }
+        println!("census: {} failures", rep.failures.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn default_trace_dir(model: &Path) -> PathBuf {

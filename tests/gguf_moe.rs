@@ -71,10 +71,20 @@ struct Run {
     nodes: Vec<Node>,
 }
 
-/// Loads `path`, decodes `tokens` (or, if `None`, the tokenization of
-/// `text`), then one more token, and returns the last logits and every node
-/// computed.
-fn run(path: &Path, prompt: Result<&[i32], &str>) -> Run {
+/// Whether the CPU has AMX tiles. The pinned ggml's AMX kernels crash when
+/// built by GCC 12 (the compiler drops the stores that fill the tile config
+/// before `_tile_loadconfig`, so `ldtilecfg` faults; llama.cpp issue #20824,
+/// PR #26954), so the CPU extra buffer types (AMX, repack) are only tried on
+/// machines without AMX.
+fn cpu_has_amx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|s| s.split_whitespace().any(|w| w == "amx_tile"))
+}
+
+/// Loads `path` (with or without the CPU extra buffer types), decodes the
+/// prompt (token ids, or text to tokenize), then one more token, and returns
+/// the last logits and every node computed.
+fn run(path: &Path, prompt: Result<&[i32], &str>, extra_bufts: bool) -> Run {
     let c_path = CString::new(path.to_str().unwrap()).unwrap();
     let mut nodes: Vec<Node> = Vec::new();
     // SAFETY: plain FFI calls in the documented order: backend init, load,
@@ -85,8 +95,9 @@ fn run(path: &Path, prompt: Result<&[i32], &str>) -> Run {
     unsafe {
         ffi::llama_log_set(Some(quiet_log), std::ptr::null_mut());
         ffi::llama_backend_init();
-        let model =
-            ffi::llama_model_load_from_file(c_path.as_ptr(), ffi::llama_model_default_params());
+        let mut mparams = ffi::llama_model_default_params();
+        mparams.use_extra_bufts = extra_bufts;
+        let model = ffi::llama_model_load_from_file(c_path.as_ptr(), mparams);
         assert!(
             !model.is_null(),
             "llama.cpp could not load {}",
@@ -194,7 +205,7 @@ fn tiny_moe_runs_mul_mat_id_with_a_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny-moe.gguf");
     let info = write_tiny_moe(&path, 42).unwrap();
-    let r = run(&path, Err("Hello, experts!"));
+    let r = run(&path, Err("Hello, experts!"), false);
     assert_eq!(r.n_vocab, info.n_vocab as usize);
     assert_eq!(r.logits.len(), 259);
     check_moe_ran(&r);
@@ -210,8 +221,22 @@ fn tiny_moe_without_a_vocab_runs_on_token_ids() {
     };
     let info = write_tiny_moe_with(&path, 7, &cfg).unwrap();
     assert_eq!(info.n_vocab, 256);
-    let r = run(&path, Ok(&[1, 17, 200, 255, 3]));
+    let r = run(&path, Ok(&[1, 17, 200, 255, 3]), false);
     assert_eq!(r.n_vocab, 256);
     assert_eq!(r.logits.len(), 256);
     check_moe_ran(&r);
+}
+
+/// The default model parameters, where ggml may repack the Q4_0 experts for
+/// its CPU extra buffer type; skipped on AMX machines (see `cpu_has_amx`).
+#[test]
+fn tiny_moe_runs_with_extra_buffer_types() {
+    if cpu_has_amx() {
+        eprintln!("skipping: this CPU has AMX, whose ggml kernels crash in this build");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-moe.gguf");
+    write_tiny_moe(&path, 5).unwrap();
+    check_moe_ran(&run(&path, Err("repack"), true));
 }

@@ -25,11 +25,32 @@ pub struct BenchResult {
     pub write_s: f64,
     /// Seconds per run of a bare decode of every record.
     pub decode_s: Vec<f64>,
-    /// Seconds per run of `Stats::compute` with no filter.
+    /// Seconds per run of `Stats::compute` with no filter (two scan
+    /// threads when the machine has them).
     pub stats_s: Vec<f64>,
+    /// Seconds per run of the same on one thread.
+    pub stats_1t_s: Vec<f64>,
     pub decode_gb_per_s: f64,
     pub stats_gb_per_s: f64,
     pub stats_records_per_s: f64,
+    pub stats_1t_gb_per_s: f64,
+    /// Peak resident memory of the process and, at the end, its anonymous
+    /// (heap) and file-backed (the mapped trace) parts, in KiB, from
+    /// /proc/self/status (0 where unavailable).
+    pub vm_hwm_kib: u64,
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
+}
+
+fn proc_status(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -84,7 +105,14 @@ pub fn bench_parse(
         std::hint::black_box(&s);
         stats_s.push(t.elapsed().as_secs_f64());
     }
-    let (d, s) = (median(&decode_s), median(&stats_s));
+    let mut stats_1t_s = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let s = Stats::compute_with_threads(&trace, &filter, 1);
+        std::hint::black_box(&s);
+        stats_1t_s.push(t.elapsed().as_secs_f64());
+    }
+    let (d, s, s1) = (median(&decode_s), median(&stats_s), median(&stats_1t_s));
     let res = BenchResult {
         bytes: data,
         records,
@@ -92,8 +120,13 @@ pub fn bench_parse(
         decode_gb_per_s: data as f64 / d / 1e9,
         stats_gb_per_s: data as f64 / s / 1e9,
         stats_records_per_s: records as f64 / s,
+        stats_1t_gb_per_s: data as f64 / s1 / 1e9,
         decode_s,
         stats_s,
+        stats_1t_s,
+        vm_hwm_kib: proc_status("VmHWM:"),
+        rss_anon_kib: proc_status("RssAnon:"),
+        rss_file_kib: proc_status("RssFile:"),
     };
     writeln!(
         out,
@@ -108,6 +141,20 @@ pub fn bench_parse(
         s,
         res.stats_gb_per_s,
         res.stats_records_per_s / 1e6
+    )?;
+    writeln!(
+        out,
+        "stats, one thread: median {:.3} s = {:.2} GB/s, {:.1} M records/s",
+        s1,
+        res.stats_1t_gb_per_s,
+        records as f64 / s1 / 1e6
+    )?;
+    writeln!(
+        out,
+        "memory: peak RSS {} MiB; now {} MiB anonymous + {} MiB of mapped trace file",
+        res.vm_hwm_kib >> 10,
+        res.rss_anon_kib >> 10,
+        res.rss_file_kib >> 10
     )?;
     Ok(res)
 }

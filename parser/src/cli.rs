@@ -214,3 +214,193 @@ impl ExportArgs {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Bundle;
+    use cktrace_tracer::{Op, Phase};
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    enum Cmd {
+        Parse(ParseArgs),
+        Export(ExportArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cmd::try_parse_from(std::iter::once("cktrace").chain(args.iter().copied()))
+    }
+
+    fn run_parse(args: &[&str]) -> (i32, String) {
+        let Cmd::Parse(a) = parse(args).unwrap() else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        let code = a.run(&mut out).unwrap();
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn flags_parse() {
+        let Cmd::Parse(a) = parse(&[
+            "parse",
+            "/x",
+            "--layer",
+            "-1,0..2",
+            "--op",
+            "mul_mat,get_rows",
+            "--phase",
+            "decode",
+            "--path",
+            "repack_gemv",
+            "--tensor",
+            "attn_.*",
+            "--step",
+            "1..=3",
+            "--thread",
+            "0",
+            "--limit",
+            "5",
+            "--format",
+            "csv",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.dir.as_deref(), Some(Path::new("/x")));
+        assert_eq!(a.filter.layer.len(), 2);
+        assert_eq!(a.filter.layer[0], crate::filter::IntRange::one(-1));
+        assert_eq!(a.filter.op, vec![Op::MulMat, Op::GetRows]);
+        assert_eq!(a.filter.phase, vec![Phase::Decode]);
+        assert_eq!(a.limit, Some(5));
+        assert_eq!(a.format, Format::Csv);
+        let e = parse(&["parse", "--op", "conv"]).unwrap_err().to_string();
+        assert!(e.contains("unknown op 'conv'"), "{e}");
+        let e = parse(&["parse", "--tensor", "("]).unwrap_err().to_string();
+        assert!(e.contains("bad tensor regex"), "{e}");
+        assert!(
+            parse(&["export", "/x"]).is_err(),
+            "export needs --chrome or --parquet"
+        );
+    }
+
+    #[test]
+    fn resolve_dir_reads_last() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(
+            resolve_dir(Some("/a".into()), root.path()).unwrap(),
+            PathBuf::from("/a")
+        );
+        let e = resolve_dir(None, root.path()).unwrap_err().to_string();
+        assert!(e.contains("LAST cannot be read"), "{e}");
+        std::fs::write(root.path().join(LAST_FILE), "runs/20240101\n").unwrap();
+        assert_eq!(
+            resolve_dir(None, root.path()).unwrap(),
+            root.path().join("runs/20240101")
+        );
+        std::fs::write(root.path().join(LAST_FILE), "/abs/dir\n").unwrap();
+        assert_eq!(
+            resolve_dir(None, root.path()).unwrap(),
+            PathBuf::from("/abs/dir")
+        );
+    }
+
+    #[test]
+    fn parse_runs_and_exit_codes() {
+        let mut b = Bundle::small();
+        let dir = b.path().to_str().unwrap().to_string();
+        let (code, out) = run_parse(&["parse", &dir, "--limit", "3", "--format", "csv"]);
+        assert_eq!((code, out.lines().count()), (0, 4));
+        let (code, out) = run_parse(&["parse", &dir, "--stats"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("bytes read"));
+        let (code, out) = run_parse(&["parse", &dir, "--validate"]);
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = run_parse(&["parse", &dir, "--validate", "--stats", "--format", "json"]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["stats"]["records"].as_u64().unwrap() > 0);
+        assert_eq!(v["validation"]["checks"].as_array().unwrap().len(), 4);
+
+        let i = b
+            .recs
+            .iter()
+            .position(|r| r.op == Op::MulMat as u8 && r.step == 2)
+            .unwrap();
+        b.recs.remove(i);
+        b.write();
+        let (code, out) = run_parse(&["parse", &dir, "--validate"]);
+        assert_eq!(code, 1);
+        assert!(
+            out.contains("FAIL tiling") && out.contains("not computed"),
+            "{out}"
+        );
+
+        let Cmd::Parse(a) = parse(&["parse"]).unwrap() else {
+            panic!()
+        };
+        assert!(a
+            .run(&mut Vec::new())
+            .unwrap_err()
+            .to_string()
+            .contains("no trace directory"));
+        let Cmd::Parse(a) = parse(&["parse", "/nonexistent/trace"]).unwrap() else {
+            panic!()
+        };
+        assert!(a
+            .run(&mut Vec::new())
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/trace"));
+    }
+
+    #[test]
+    fn broken_pipe_is_not_an_error() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let b = Bundle::small();
+        let Cmd::Parse(a) = parse(&["parse", b.path().to_str().unwrap()]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.run(&mut Closed).unwrap(), 0);
+    }
+
+    #[test]
+    fn export_writes_files() {
+        let b = Bundle::small();
+        let dir = b.path().to_str().unwrap();
+        let chrome = b.path().join("c.json");
+        let pq = b.path().join("t.parquet");
+        let Cmd::Export(a) = parse(&[
+            "export",
+            dir,
+            "--chrome",
+            chrome.to_str().unwrap(),
+            "--parquet",
+            pq.to_str().unwrap(),
+            "--op",
+            "mul_mat",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        assert_eq!(a.run(&mut out).unwrap(), 0);
+        let out = String::from_utf8(out).unwrap();
+        let n = b.recs.iter().filter(|r| r.op == Op::MulMat as u8).count();
+        assert!(out.contains(&format!("wrote {n} events")), "{out}");
+        assert!(out.contains(&format!("wrote {n} rows")), "{out}");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&chrome).unwrap()).unwrap();
+        assert!(v["traceEvents"].as_array().unwrap().len() > n);
+        assert!(std::fs::metadata(&pq).unwrap().len() > 0);
+    }
+}

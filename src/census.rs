@@ -1,0 +1,488 @@
+//! The coverage census: proof that the trace misses nothing.
+//!
+//! Two passes over the same greedy generation. The first enumerates, with
+//! llama.cpp's graph eval callback and no tracing, every MUL_MAT, MUL_MAT_ID
+//! and GET_ROWS node ggml executed at every step, with its output shape, the
+//! token ids GET_ROWS looked up, and how many rows MUL_MAT_ID routed to each
+//! expert. The second pass is traced. The census then checks, per step, that
+//! every enumerated node has records, that each weight matmul's records tile
+//! its output (rows x columns) exactly once with no gap and no overlap (per
+//! expert for MUL_MAT_ID), and that GET_ROWS on the embedding read exactly the
+//! step's token ids. It also tabulates which kernel path each weight took —
+//! the data that explains the seed's "missing Q4_K tensors".
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use cktrace_tracer::format::{flags, HEADER_SIZE, RECORD_SIZE};
+use cktrace_tracer::{KernelPath, Meta, Op, Registry, TensorKind, TraceHeader, TraceRecord};
+
+use crate::ffi;
+use crate::generate::{generate, GenParams, StepHook};
+use crate::llama::{Context, ContextParams, Model};
+use crate::trace::TraceSession;
+
+/// One node the eval pass saw.
+#[derive(Clone, Debug)]
+pub struct NodeSeen {
+    pub step: u32,
+    pub op: Op,
+    pub name: String,
+    /// Name of the base tensor of src[0] (views resolved).
+    pub src0: String,
+    /// Output rows (dst ne0) and columns (ne1*ne2*ne3).
+    pub rows: u64,
+    pub cols: u64,
+    /// GET_ROWS: the row ids looked up. MUL_MAT_ID: rows routed per expert.
+    pub ids: Vec<i64>,
+}
+
+fn base_name(mut t: &ffi::ggml_tensor) -> String {
+    while !t.view_src.is_null() {
+        // SAFETY: view chains point at live tensors.
+        t = unsafe { &*t.view_src };
+    }
+    crate::llama::tensor_name(t).to_string()
+}
+
+struct StepCounter(Arc<Mutex<u32>>);
+impl StepHook for StepCounter {
+    fn before(&mut self, step: u32, _pos: i32, _tokens: &[i32]) {
+        *self.0.lock().unwrap() = step;
+    }
+}
+
+/// Pass 1: enumerate the nodes with the eval callback.
+pub fn enumerate(
+    model: &Model,
+    cparams: ContextParams,
+    params: &GenParams,
+) -> Result<(Vec<NodeSeen>, Vec<i32>)> {
+    let seen: Arc<Mutex<Vec<NodeSeen>>> = Arc::new(Mutex::new(Vec::new()));
+    let step = Arc::new(Mutex::new(0u32));
+    let (seen2, step2) = (seen.clone(), step.clone());
+    let cb: crate::llama::EvalCallback = Box::new(move |t: &ffi::ggml_tensor, ask: bool| {
+        let op = match t.op {
+            ffi::GGML_OP_MUL_MAT => Op::MulMat,
+            ffi::GGML_OP_MUL_MAT_ID => Op::MulMatId,
+            ffi::GGML_OP_GET_ROWS => Op::GetRows,
+            _ => return !ask,
+        };
+        if ask {
+            return true;
+        }
+        // The scheduler shows the callback nodes that the CPU backend then
+        // skips (no COMPUTE flag): they were not executed, so not expected.
+        if t.flags & ffi::GGML_TENSOR_FLAG_COMPUTE as i32 == 0 {
+            return true;
+        }
+        // SAFETY: ggml passes computed nodes whose srcs are live; ids tensors
+        // of GET_ROWS / MUL_MAT_ID are I32 host tensors.
+        let src0 = unsafe { &*t.src[0] };
+        let mut ids = Vec::new();
+        match op {
+            Op::GetRows => unsafe {
+                let s1 = &*t.src[1];
+                let n = (s1.ne[0] * s1.ne[1] * s1.ne[2]) as usize;
+                if s1.type_ == ffi::GGML_TYPE_I32 && ggml_is_contiguous(s1) {
+                    ids.extend(
+                        std::slice::from_raw_parts(s1.data as *const i32, n)
+                            .iter()
+                            .map(|&x| x as i64),
+                    );
+                }
+            },
+            Op::MulMatId => unsafe {
+                let idt = &*t.src[2];
+                let n_expert = src0.ne[2] as usize;
+                let mut counts = vec![0i64; n_expert];
+                for j in 0..idt.ne[1] {
+                    for i in 0..idt.ne[0] {
+                        let p = (idt.data as *const u8)
+                            .add((j as usize) * idt.nb[1] + (i as usize) * idt.nb[0])
+                            as *const i32;
+                        let e = *p as usize;
+                        if e < n_expert {
+                            counts[e] += 1;
+                        }
+                    }
+                }
+                ids = counts;
+            },
+            _ => {}
+        }
+        seen2.lock().unwrap().push(NodeSeen {
+            step: *step2.lock().unwrap(),
+            op,
+            name: crate::llama::tensor_name(t).to_string(),
+            src0: base_name(src0),
+            rows: t.ne[0] as u64,
+            cols: (t.ne[1] * t.ne[2] * t.ne[3]) as u64,
+            ids,
+        });
+        true
+    });
+    let mut ctx = Context::new(model, cparams, Some(cb))?;
+    let out = generate(&mut ctx, params, &mut StepCounter(step), |_| {})?;
+    drop(ctx);
+    let v = std::mem::take(&mut *seen.lock().unwrap());
+    Ok((v, out.tokens))
+}
+
+fn ggml_is_contiguous(t: &ffi::ggml_tensor) -> bool {
+    // SAFETY: valid tensor.
+    unsafe { ffi::ggml_is_contiguous(t) }
+}
+
+/// Read every complete record of a trace file.
+pub fn read_records(path: &Path) -> Result<(TraceHeader, Vec<TraceRecord>)> {
+    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        b.len() >= HEADER_SIZE,
+        "{}: shorter than a trace header",
+        path.display()
+    );
+    let h = TraceHeader::from_bytes(b[..HEADER_SIZE].try_into().unwrap());
+    h.check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let n = ((b.len() - HEADER_SIZE) / RECORD_SIZE).min(h.records as usize);
+    let recs = (0..n)
+        .map(|i| {
+            TraceRecord::from_bytes(
+                b[HEADER_SIZE + i * RECORD_SIZE..HEADER_SIZE + (i + 1) * RECORD_SIZE]
+                    .try_into()
+                    .unwrap(),
+            )
+        })
+        .filter(|r| r.flags & flags::VALID != 0)
+        .collect();
+    Ok((h, recs))
+}
+
+/// Whether rectangles `[r0,r1) x [c0,c1)` cover `[0,rows) x [0,cols)`
+/// exactly once. Returns a description of the first defect.
+pub fn tiling_defect(rects: &[(u64, u64, u64, u64)], rows: u64, cols: u64) -> Option<String> {
+    if rects.is_empty() {
+        return Some("no records".into());
+    }
+    let mut rb: Vec<u64> = rects
+        .iter()
+        .flat_map(|r| [r.0, r.1])
+        .chain([0, rows])
+        .collect();
+    let mut cb: Vec<u64> = rects
+        .iter()
+        .flat_map(|r| [r.2, r.3])
+        .chain([0, cols])
+        .collect();
+    rb.sort_unstable();
+    rb.dedup();
+    cb.sort_unstable();
+    cb.dedup();
+    if *rb.last().unwrap() > rows || *cb.last().unwrap() > cols {
+        return Some(format!(
+            "a record reaches past the output ({rows} rows x {cols} cols)"
+        ));
+    }
+    let (nr, nc) = (rb.len() - 1, cb.len() - 1);
+    if nr.saturating_mul(nc) > 50_000_000 {
+        return Some(format!("grid too fine to check ({nr} x {nc})"));
+    }
+    let ri: HashMap<u64, usize> = rb.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+    let ci: HashMap<u64, usize> = cb.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+    // 2D difference array over the elementary grid.
+    let mut d = vec![0i32; (nr + 1) * (nc + 1)];
+    for &(r0, r1, c0, c1) in rects {
+        if r1 <= r0 || c1 <= c0 {
+            continue;
+        }
+        let (a, b, c, e) = (ri[&r0], ri[&r1], ci[&c0], ci[&c1]);
+        d[a * (nc + 1) + c] += 1;
+        d[a * (nc + 1) + e] -= 1;
+        d[b * (nc + 1) + c] -= 1;
+        d[b * (nc + 1) + e] += 1;
+    }
+    for i in 0..nr {
+        for j in 0..nc {
+            let mut v = d[i * (nc + 1) + j];
+            if i > 0 {
+                v += d[(i - 1) * (nc + 1) + j];
+            }
+            if j > 0 {
+                v += d[i * (nc + 1) + j - 1];
+            }
+            if i > 0 && j > 0 {
+                v -= d[(i - 1) * (nc + 1) + j - 1];
+            }
+            d[i * (nc + 1) + j] = v;
+            if v != 1 {
+                return Some(format!(
+                    "rows [{},{}) x cols [{},{}) covered {} times",
+                    rb[i],
+                    rb[i + 1],
+                    cb[j],
+                    cb[j + 1],
+                    v
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// What the census found.
+#[derive(Debug, Default)]
+pub struct CensusReport {
+    pub nodes: usize,
+    pub records: usize,
+    pub failures: Vec<String>,
+    /// weight name -> (dtype, buffer type, kernel paths with record counts)
+    pub paths: BTreeMap<String, (String, String, BTreeMap<String, usize>)>,
+    pub dropped: u64,
+}
+
+/// Check a trace bundle against the nodes of the eval pass.
+pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
+    let (h, recs) = read_records(&dir.join("trace.bin"))?;
+    let reg: Registry = serde_json::from_reader(
+        std::fs::File::open(dir.join("registry.json")).context("opening registry.json")?,
+    )
+    .context("parsing registry.json")?;
+    let meta: Meta = serde_json::from_reader(
+        std::fs::File::open(dir.join("meta.json")).context("opening meta.json")?,
+    )
+    .context("parsing meta.json")?;
+    let mut rep = CensusReport {
+        nodes: nodes.len(),
+        records: recs.len(),
+        dropped: h.dropped,
+        ..Default::default()
+    };
+    if h.dropped != 0 {
+        rep.failures.push(format!("{} records dropped", h.dropped));
+    }
+    if h.records != h.complete {
+        rep.failures.push(format!(
+            "{} slots reserved but only {} complete",
+            h.records, h.complete
+        ));
+    }
+    // Path A vs Path B on every record.
+    let mut bad_id = 0usize;
+    for r in &recs {
+        match reg.get(r.tensor_id) {
+            Some(t) if t.name.as_bytes().starts_with(r.name_str().as_bytes()) => {}
+            _ => {
+                if bad_id == 0 {
+                    rep.failures.push(format!(
+                        "record name {:?} does not match registry id {}",
+                        r.name_str(),
+                        r.tensor_id
+                    ));
+                }
+                bad_id += 1;
+            }
+        }
+        if let Some(t) = reg.get(r.tensor_id) {
+            if t.kind == TensorKind::Weight {
+                let e = rep
+                    .paths
+                    .entry(t.name.clone())
+                    .or_insert_with(|| (t.dtype.clone(), t.buffer_type.clone(), BTreeMap::new()));
+                let p = KernelPath::from_u8(r.path)
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or(format!("path{}", r.path));
+                *e.2.entry(p).or_default() += 1;
+            }
+        }
+    }
+    if bad_id > 1 {
+        rep.failures.push(format!(
+            "{bad_id} records in all fail the registry id / name check"
+        ));
+    }
+    // Group records by (step, node).
+    let mut groups: HashMap<(u32, u64), Vec<&TraceRecord>> = HashMap::new();
+    for r in &recs {
+        if r.flags & flags::OP_LEVEL == 0 {
+            groups.entry((r.step, r.node)).or_default().push(r);
+        }
+    }
+    // Key each group by (step, op, base tensor name).
+    let mut by_key: HashMap<(u32, u8, String), Vec<Vec<&TraceRecord>>> = HashMap::new();
+    for ((step, _), g) in groups {
+        let name = reg
+            .get(g[0].tensor_id)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        by_key.entry((step, g[0].op, name)).or_default().push(g);
+    }
+    let mut expected: HashMap<(u32, u8, String), Vec<&NodeSeen>> = HashMap::new();
+    for n in nodes {
+        expected
+            .entry((n.step, n.op as u8, n.src0.clone()))
+            .or_default()
+            .push(n);
+    }
+    for (key, ns) in &expected {
+        let Some(gs) = by_key.get(key) else {
+            rep.failures.push(format!(
+                "step {} {} on {} ({}): no records",
+                key.0,
+                Op::from_u8(key.1).unwrap(),
+                key.2,
+                ns[0].name
+            ));
+            continue;
+        };
+        if gs.len() != ns.len() {
+            rep.failures.push(format!(
+                "step {} {} on {}: {} nodes executed, {} traced",
+                key.0,
+                Op::from_u8(key.1).unwrap(),
+                key.2,
+                ns.len(),
+                gs.len()
+            ));
+            continue;
+        }
+        for (n, g) in ns.iter().zip(gs) {
+            match n.op {
+                Op::MulMat => {
+                    let rects: Vec<_> = g
+                        .iter()
+                        .map(|r| (r.row0 as u64, r.row1 as u64, r.col0 as u64, r.col1 as u64))
+                        .collect();
+                    if let Some(d) = tiling_defect(&rects, n.rows, n.cols) {
+                        rep.failures
+                            .push(format!("step {} {} ({}): {}", n.step, n.name, n.src0, d));
+                    }
+                }
+                Op::MulMatId => {
+                    for (e, &cnt) in n.ids.iter().enumerate() {
+                        let rects: Vec<_> = g
+                            .iter()
+                            .filter(|r| r.expert == e as i32)
+                            .map(|r| (r.row0 as u64, r.row1 as u64, r.col0 as u64, r.col1 as u64))
+                            .collect();
+                        if cnt == 0 {
+                            if !rects.is_empty() {
+                                rep.failures.push(format!(
+                                    "step {} {} expert {e}: records but no rows routed",
+                                    n.step, n.name
+                                ));
+                            }
+                            continue;
+                        }
+                        // rows of one expert = src0 ne1 = dst ne0
+                        if let Some(d) = tiling_defect(&rects, n.rows, cnt as u64) {
+                            rep.failures
+                                .push(format!("step {} {} expert {e}: {}", n.step, n.name, d));
+                        }
+                    }
+                }
+                Op::GetRows => {
+                    let mut got: Vec<i64> = g.iter().map(|r| r.row0 as i64).collect();
+                    let mut want = n.ids.clone();
+                    got.sort_unstable();
+                    want.sort_unstable();
+                    if got != want {
+                        rep.failures.push(format!(
+                            "step {} {} ({}): rows read {:?} != ids {:?}",
+                            n.step,
+                            n.name,
+                            n.src0,
+                            trunc(&got),
+                            trunc(&want)
+                        ));
+                    }
+                    let is_embd = reg
+                        .tensors
+                        .iter()
+                        .any(|t| t.name == n.src0 && t.kind == TensorKind::Weight);
+                    if is_embd {
+                        let toks: Vec<i64> = meta
+                            .step_tokens
+                            .get(n.step as usize)
+                            .map(|v| v.iter().map(|&x| x as i64).collect())
+                            .unwrap_or_default();
+                        let mut toks_sorted = toks.clone();
+                        toks_sorted.sort_unstable();
+                        if toks_sorted != got {
+                            rep.failures.push(format!(
+                                "step {} {}: rows read {:?} are not the step's tokens {:?}",
+                                n.step,
+                                n.src0,
+                                trunc(&got),
+                                trunc(&toks)
+                            ));
+                        }
+                    }
+                }
+                Op::Other => {}
+            }
+        }
+    }
+    for (key, gs) in &by_key {
+        if !expected.contains_key(key) {
+            rep.failures.push(format!(
+                "step {} {} on {}: {} traced nodes that the eval pass did not see",
+                key.0,
+                Op::from_u8(key.1).map(|o| o.as_str()).unwrap_or("?"),
+                key.2,
+                gs.len()
+            ));
+        }
+    }
+    Ok(rep)
+}
+
+fn trunc(v: &[i64]) -> Vec<i64> {
+    v.iter().take(12).copied().collect()
+}
+
+/// Run both passes and check. The traced pass writes its bundle to `dir`.
+pub fn run(
+    model: &Model,
+    cparams: ContextParams,
+    params: &GenParams,
+    dir: &Path,
+    meta: Meta,
+) -> Result<CensusReport> {
+    let (nodes, tokens_a) = enumerate(model, cparams, params)?;
+    if std::env::var_os("CKTRACE_DEBUG_CENSUS").is_some() {
+        debug_nodes(&nodes);
+    }
+    let mut session = TraceSession::start(
+        dir,
+        model,
+        cparams.threads as u32,
+        crate::trace::DEFAULT_CAPACITY,
+        false,
+    )?;
+    let mut ctx = Context::new(model, cparams, None)?;
+    let out = generate(&mut ctx, params, &mut session, |_| {})?;
+    drop(ctx);
+    let mut meta = meta;
+    meta.prompt_tokens = out.prompt_tokens.clone();
+    meta.step_tokens = out.step_tokens.clone();
+    meta.generated_tokens = out.tokens.clone();
+    session.finish(meta)?;
+    let mut rep = check(dir, &nodes)?;
+    if tokens_a != out.tokens {
+        rep.failures.push(format!(
+            "the eval pass generated {:?}, the traced pass {:?}",
+            tokens_a, out.tokens
+        ));
+    }
+    Ok(rep)
+}
+
+#[doc(hidden)]
+pub fn debug_nodes(nodes: &[NodeSeen]) {
+    for n in nodes.iter().filter(|n| n.step == 0 && n.op == Op::GetRows) {
+        eprintln!("{:?}", n);
+    }
+}

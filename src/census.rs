@@ -85,13 +85,16 @@ pub fn enumerate(
         match op {
             Op::GetRows => unsafe {
                 let s1 = &*t.src[1];
-                let n = (s1.ne[0] * s1.ne[1] * s1.ne[2]) as usize;
-                if s1.type_ == ffi::GGML_TYPE_I32 && ggml_is_contiguous(s1) {
-                    ids.extend(
-                        std::slice::from_raw_parts(s1.data as *const i32, n)
-                            .iter()
-                            .map(|&x| x as i64),
-                    );
+                if s1.type_ == ffi::GGML_TYPE_I32 {
+                    // strided read: the ids may be a view (MoE top-k selection)
+                    for i2 in 0..s1.ne[2] {
+                        for i1 in 0..s1.ne[1] {
+                            for i0 in 0..s1.ne[0] {
+                                let off = i2 as usize * s1.nb[2] + i1 as usize * s1.nb[1] + i0 as usize * s1.nb[0];
+                                ids.push(*((s1.data as *const u8).add(off) as *const i32) as i64);
+                            }
+                        }
+                    }
                 }
             },
             Op::MulMatId => unsafe {
@@ -129,11 +132,6 @@ pub fn enumerate(
     drop(ctx);
     let v = std::mem::take(&mut *seen.lock().unwrap());
     Ok((v, out.tokens))
-}
-
-fn ggml_is_contiguous(t: &ffi::ggml_tensor) -> bool {
-    // SAFETY: valid tensor.
-    unsafe { ffi::ggml_is_contiguous(t) }
 }
 
 /// Read every complete record of a trace file.

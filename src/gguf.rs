@@ -66,7 +66,7 @@ pub enum GgufError {
         file_len: u64,
     },
 
-    #[error("{}: {what} is {count}, more than the {remaining} remaining bytes of the file can hold", path.display())]
+    #[error("{}: {what} is {count}, more than the remaining {remaining} bytes of the file can hold (truncated or corrupt)", path.display())]
     AbsurdCount {
         path: PathBuf,
         what: String,
@@ -1575,7 +1575,7 @@ mod tests {
         assert!(open(&header(3 << 24, 0, 0)).contains("(a big-endian file?)"));
         let msg = open(&header(3, u64::MAX, 0));
         assert!(msg.ends_with(&format!(
-            "tensor count is {}, more than the 0 remaining bytes of the file can hold",
+            "tensor count is {}, more than the remaining 0 bytes of the file can hold (truncated or corrupt)",
             u64::MAX
         )));
         assert!(open(&header(3, 0, 1 << 40)).contains("metadata key/value count is 1099511627776"));

@@ -54,6 +54,13 @@ enum Cmd {
     Census(CensusArgs),
     /// Print what llama.cpp this binary was built from.
     Info,
+    /// Write the tiny random-weight mixture-of-experts GGUF used to exercise
+    /// MUL_MAT_ID (4 experts, 2 used, 2 layers).
+    TestModel {
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Args)]
@@ -202,6 +209,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Census(a) => cmd_census(a),
+        Cmd::TestModel { out, seed } => {
+            let info = cktrace::testmodel::write_tiny_moe(&out, seed)?;
+            println!(
+                "wrote {}: llama MoE, {} layers, {} experts ({} used), vocab {}",
+                out.display(),
+                info.n_layer,
+                info.n_expert,
+                info.n_expert_used,
+                info.n_vocab
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Info => {
             println!("llama.cpp source: {}", env!("CKTRACE_LLAMA_SOURCE"));
             println!("patch series: {}", env!("CKTRACE_LLAMA_PATCHES"));

@@ -151,9 +151,9 @@ pub fn bench_parse(
     )?;
     writeln!(
         out,
-        "memory: peak RSS {} MiB; now {} MiB anonymous + {} MiB of mapped trace file",
+        "memory: peak RSS {} MiB; now {} KiB anonymous + {} MiB of mapped trace file",
         res.vm_hwm_kib >> 10,
-        res.rss_anon_kib >> 10,
+        res.rss_anon_kib,
         res.rss_file_kib >> 10
     )?;
     Ok(res)

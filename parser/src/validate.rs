@@ -110,7 +110,7 @@ impl CheckAcc {
     }
 
     fn fail(&mut self, slot: u64, msg: impl FnOnce() -> String) {
-        self.failures += 1;
+        self.failures = self.failures.saturating_add(1);
         if self.example.is_none() {
             self.example = Some((slot, msg()));
         }
@@ -248,7 +248,7 @@ impl Validation {
         let h = trace.header();
         complete.checked = h.records;
         if h.dropped != 0 {
-            complete.failures += h.dropped;
+            complete.failures = complete.failures.saturating_add(h.dropped);
             complete.example.get_or_insert((
                 h.records,
                 format!(
@@ -271,7 +271,7 @@ impl Validation {
         }
         let missing = h.records.saturating_sub(readable as u64);
         if missing != 0 {
-            complete.failures += missing;
+            complete.failures = complete.failures.saturating_add(missing);
             complete.example.get_or_insert((
                 readable as u64,
                 format!(

@@ -75,9 +75,17 @@ fn mutated_traces_never_panic() {
     let good_reg = std::fs::read(&reg_path).unwrap();
     exercise(dir.path());
 
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // CKTRACE_FUZZ_SEED / CKTRACE_FUZZ_ITERS explore further by hand.
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mut rng = Rng(env("CKTRACE_FUZZ_SEED", 0x9e37_79b9_7f4a_7c15) | 1);
+    let iters = env("CKTRACE_FUZZ_ITERS", 2000);
     let (mut opened, mut refused) = (0, 0);
-    for it in 0..2000 {
+    for it in 0..iters {
         let mut bin = good_bin.clone();
         let mut reg = good_reg.clone();
         match rng.below(8) {

@@ -1,24 +1,49 @@
 //! `cktrace bench`: speed measured side by side in one run, reported as
-//! medians and ratios (the machine is noisy; absolute numbers move).
+//! medians and ratios (the machine is noisy; absolute numbers move, ratios
+//! measured alternately in one process are what to compare).
 //!
-//! `decode` compares the decode tokens/s of `cktrace run`'s generation loop
-//! (safe wrappers, sampler chain, UTF-8 streaming, step hooks) with a plain
-//! loop over the raw llama.cpp C API on the same model, context settings and
-//! build, alternating the two so drift hits both alike.
+//! - `decode`: the decode tok/s of `cktrace run`'s generation loop (safe
+//!   wrappers, sampler chain, UTF-8 streaming, step hooks) against a plain
+//!   loop over the raw llama.cpp C API, same model, context and build.
+//! - `trace`: the generation loop with the trace hook installed against the
+//!   same loop without it, plus the cost per record.
+//! - `hook`: this build (hook compiled in, not installed) against a build of
+//!   the same llama.cpp without the patch series (`CKTRACE_NO_PATCHES=1`),
+//!   run as two processes alternately.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
-use anyhow::Result;
-use clap::Args;
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
 
 use crate::ffi;
 use crate::generate::{generate, GenParams, NoHook};
 use crate::llama::{Context, ContextParams, Model, ModelParams};
 
+#[derive(Subcommand, Clone, Debug)]
+pub enum BenchCmd {
+    /// `cktrace run`'s loop vs a plain C-API loop (decode tok/s).
+    Decode(BenchArgs),
+    /// Tracing on vs off (decode tok/s, cost per record).
+    Trace(BenchArgs),
+    /// Hook compiled in but not installed vs a build without the patches.
+    Hook {
+        #[command(flatten)]
+        args: BenchArgs,
+        /// A cktrace binary built with CKTRACE_NO_PATCHES=1.
+        #[arg(long)]
+        baseline: PathBuf,
+    },
+    /// Print the plain-loop decode tok/s of each repetition (used by `hook`).
+    #[command(hide = true)]
+    Plain(BenchArgs),
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
-    /// GGUF model path (default: the cached smollm2).
+    /// GGUF model path.
     pub model: PathBuf,
     #[arg(short = 't', long, default_value_t = 2)]
     pub threads: i32,
@@ -26,14 +51,18 @@ pub struct BenchArgs {
     #[arg(short = 'n', long, default_value_t = 64)]
     pub n: usize,
     /// Repetitions of each variant (the median is reported).
-    #[arg(short = 'r', long, default_value_t = 5)]
+    #[arg(short = 'r', long, default_value_t = 7)]
     pub reps: usize,
     #[arg(short = 'p', long, default_value = "Hello")]
     pub prompt: String,
+    /// Hide the AMX buffer type (weights take CPU_REPACK).
+    #[arg(long)]
+    pub no_amx: bool,
 }
 
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let n = v.len();
     if n == 0 {
         return f64::NAN;
@@ -45,19 +74,28 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+fn fmt_list(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The plain loop: raw C API, greedy argmax, no wrappers. Returns decode
 /// tokens/s over `n` single-token decodes.
-fn plain_loop(ctx: &mut Context, prompt: &[i32], n: usize) -> f64 {
+fn plain_loop(ctx: &mut Context, prompt: &[i32], n: usize) -> Result<f64> {
     let c = ctx.as_ptr();
     let n_vocab = ctx.model().n_vocab();
     // SAFETY: c is a valid context; batches point into live local buffers for
     // the duration of each llama_decode call; logits are read before the next
-    // decode.
+    // decode and hold n_vocab floats.
     unsafe {
         ffi::llama_memory_clear(ffi::llama_get_memory(c), true);
         let mut toks = prompt.to_vec();
         let b = ffi::llama_batch_get_one(toks.as_mut_ptr(), toks.len() as i32);
-        assert_eq!(ffi::llama_decode(c, b), 0);
+        if ffi::llama_decode(c, b) != 0 {
+            bail!("llama_decode failed on the prompt");
+        }
         let argmax = || {
             let l = std::slice::from_raw_parts(ffi::llama_get_logits_ith(c, -1), n_vocab);
             let mut best = 0;
@@ -72,26 +110,56 @@ fn plain_loop(ctx: &mut Context, prompt: &[i32], n: usize) -> f64 {
         let t = Instant::now();
         for _ in 0..n {
             let b = ffi::llama_batch_get_one(&mut tok, 1);
-            assert_eq!(ffi::llama_decode(c, b), 0);
+            if ffi::llama_decode(c, b) != 0 {
+                bail!("llama_decode failed");
+            }
             tok = argmax();
         }
-        n as f64 / t.elapsed().as_secs_f64()
+        Ok(n as f64 / t.elapsed().as_secs_f64())
     }
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+struct Setup {
+    model: Model,
+}
+
+fn setup(a: &BenchArgs) -> Result<Setup> {
     crate::check::model_file(&a.model)?;
+    crate::llama::set_amx(!a.no_amx);
     let model = Model::load(&a.model, ModelParams::default())?;
-    let mut ctx = Context::new(
-        &model,
-        ContextParams {
-            n_ctx: 1024,
-            n_batch: 512,
-            threads: a.threads,
-        },
-        None,
-    )?;
-    let prompt = model.tokenize(&a.prompt, true)?;
+    Ok(Setup { model })
+}
+
+fn cparams(a: &BenchArgs) -> ContextParams {
+    ContextParams {
+        n_ctx: (a.n as u32 + 64).max(256),
+        n_batch: 256,
+        threads: a.threads,
+    }
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Decode(a) => bench_decode(&a),
+        BenchCmd::Trace(a) => bench_trace(&a),
+        BenchCmd::Hook { args, baseline } => bench_hook(&args, &baseline),
+        BenchCmd::Plain(a) => {
+            let s = setup(&a)?;
+            let mut ctx = Context::new(&s.model, cparams(&a), None)?;
+            let prompt = s.model.tokenize(&a.prompt, true)?;
+            plain_loop(&mut ctx, &prompt, 8)?;
+            for _ in 0..a.reps {
+                println!("{:.3}", plain_loop(&mut ctx, &prompt, a.n)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn bench_decode(a: &BenchArgs) -> Result<()> {
+    let s = setup(a)?;
+    let mut ctx = Context::new(&s.model, cparams(a), None)?;
+    let prompt = s.model.tokenize(&a.prompt, true)?;
     let params = GenParams {
         prompt: a.prompt.clone(),
         n_predict: a.n + 1,
@@ -102,37 +170,153 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!(
         "bench decode: {} ({}), {} threads, {} decode steps x {} reps, alternating",
         a.model.display(),
-        model.desc(),
+        s.model.desc(),
         a.threads,
         a.n,
         a.reps
     );
-    // Warm-up: page in the weights, spin up the thread pool.
-    plain_loop(&mut ctx, &prompt, 8);
+    plain_loop(&mut ctx, &prompt, 8)?; // warm-up: page in weights, start the pool
     let (mut plain, mut run) = (Vec::new(), Vec::new());
     for _ in 0..a.reps {
-        plain.push(plain_loop(&mut ctx, &prompt, a.n));
+        plain.push(plain_loop(&mut ctx, &prompt, a.n)?);
         ctx.clear();
-        let out = generate(&mut ctx, &params, &mut NoHook, |_| {})?;
-        run.push(out.decode_tps());
+        run.push(generate(&mut ctx, &params, &mut NoHook, |_| {})?.decode_tps());
         ctx.clear();
     }
-    let (mp, mr) = (median(&mut plain), median(&mut run));
+    let (mp, mr) = (median(&plain), median(&run));
     println!(
-        "plain C-API loop      median {:8.1} tok/s  {:?}",
-        mp,
-        plain
-            .iter()
-            .map(|x| (x * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
+        "plain C-API loop   median {mp:8.1} tok/s   [{}]",
+        fmt_list(&plain)
     );
     println!(
-        "cktrace run loop      median {:8.1} tok/s  {:?}",
-        mr,
-        run.iter()
-            .map(|x| (x * 10.0).round() / 10.0)
-            .collect::<Vec<_>>()
+        "cktrace run loop   median {mr:8.1} tok/s   [{}]",
+        fmt_list(&run)
     );
-    println!("ratio run/plain: {:.3}", mr / mp);
+    println!("ratio run/plain (median): {:.3}", mr / mp);
+    Ok(())
+}
+
+fn bench_trace(a: &BenchArgs) -> Result<()> {
+    let s = setup(a)?;
+    let mut ctx = Context::new(&s.model, cparams(a), None)?;
+    let params = GenParams {
+        prompt: a.prompt.clone(),
+        n_predict: a.n + 1,
+        temp: 0.0,
+        seed: 1,
+        ignore_eos: true,
+    };
+    let tmp = std::env::temp_dir().join(format!("cktrace-bench-{}", std::process::id()));
+    println!(
+        "bench trace: {} ({}), {} threads, {} decode steps x {} reps, alternating off/on",
+        a.model.display(),
+        s.model.desc(),
+        a.threads,
+        a.n,
+        a.reps
+    );
+    generate(&mut ctx, &params, &mut NoHook, |_| {})?; // warm-up
+    ctx.clear();
+    let (mut off, mut on, mut per_rec) = (Vec::new(), Vec::new(), Vec::new());
+    let mut recs_per_step = 0.0;
+    for i in 0..a.reps {
+        let t_off = generate(&mut ctx, &params, &mut NoHook, |_| {})?;
+        ctx.clear();
+        let dir = tmp.join(format!("r{i}"));
+        let mut session = crate::trace::TraceSession::start(
+            &dir,
+            &s.model,
+            a.threads as u32,
+            crate::trace::DEFAULT_CAPACITY,
+            false,
+        )?;
+        let t_on = generate(&mut ctx, &params, &mut session, |_| {})?;
+        ctx.clear();
+        let st = session.finish(Default::default())?;
+        if st.dropped != 0 {
+            bail!("{} records dropped during the benchmark", st.dropped);
+        }
+        // Records of the decode steps only (the timed part).
+        let (_, recs) = crate::census::read_records(&dir.join("trace.bin"))?;
+        let n_dec = recs.iter().filter(|r| r.step > 0).count() as f64;
+        recs_per_step = n_dec / t_on.n_decode as f64;
+        off.push(t_off.decode_tps());
+        on.push(t_on.decode_tps());
+        per_rec.push((t_on.decode_s - t_off.decode_s) * 1e9 / n_dec);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (mo, mn) = (median(&off), median(&on));
+    println!("tracing off   median {mo:8.1} tok/s   [{}]", fmt_list(&off));
+    println!("tracing on    median {mn:8.1} tok/s   [{}]", fmt_list(&on));
+    println!("records per decode step: {recs_per_step:.0}");
+    println!(
+        "cost per record (median of (t_on - t_off) / records): {:.0} ns",
+        median(&per_rec)
+    );
+    println!("ratio on/off (median): {:.3}", mn / mo);
+    Ok(())
+}
+
+fn bench_hook(a: &BenchArgs, baseline: &Path) -> Result<()> {
+    let me = std::env::current_exe().context("locating this binary")?;
+    let plain_args = |bin: &Path| -> Result<Vec<f64>> {
+        let mut c = Command::new(bin);
+        c.args(["bench", "plain"]).arg(&a.model).args([
+            "-t",
+            &a.threads.to_string(),
+            "-n",
+            &a.n.to_string(),
+            "-r",
+            "1",
+        ]);
+        if a.no_amx {
+            c.arg("--no-amx");
+        }
+        let o = c
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        if !o.status.success() {
+            bail!(
+                "{} bench plain failed: {}",
+                bin.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    };
+    println!(
+        "bench hook: {} , {} threads, {} decode steps, {} alternating process pairs",
+        a.model.display(),
+        a.threads,
+        a.n,
+        a.reps
+    );
+    println!(
+        "  this build (hook compiled in, not installed): {}",
+        me.display()
+    );
+    println!(
+        "  baseline (CKTRACE_NO_PATCHES=1):              {}",
+        baseline.display()
+    );
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..a.reps {
+        without.extend(plain_args(baseline)?);
+        with.extend(plain_args(&me)?);
+    }
+    let (mw, mo) = (median(&with), median(&without));
+    println!(
+        "hook compiled in   median {mw:8.1} tok/s   [{}]",
+        fmt_list(&with)
+    );
+    println!(
+        "no patches         median {mo:8.1} tok/s   [{}]",
+        fmt_list(&without)
+    );
+    println!("ratio hooked/unpatched (median): {:.3}", mw / mo);
     Ok(())
 }

@@ -90,7 +90,9 @@ pub fn enumerate(
                     for i2 in 0..s1.ne[2] {
                         for i1 in 0..s1.ne[1] {
                             for i0 in 0..s1.ne[0] {
-                                let off = i2 as usize * s1.nb[2] + i1 as usize * s1.nb[1] + i0 as usize * s1.nb[0];
+                                let off = i2 as usize * s1.nb[2]
+                                    + i1 as usize * s1.nb[1]
+                                    + i0 as usize * s1.nb[0];
                                 ids.push(*((s1.data as *const u8).add(off) as *const i32) as i64);
                             }
                         }

@@ -8,6 +8,10 @@ pub mod check;
 pub mod ffi;
 pub mod generate;
 pub mod llama;
+#[cfg(not(cktrace_no_hook))]
+pub mod trace;
+#[cfg(cktrace_no_hook)]
+#[path = "trace_stub.rs"]
 pub mod trace;
 
 pub mod gguf;

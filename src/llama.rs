@@ -45,7 +45,7 @@ pub type Result<T> = std::result::Result<T, LlamaError>;
 
 static INIT: Once = Once::new();
 static VERBOSE: AtomicBool = AtomicBool::new(false);
-static LAST_ERROR: Mutex<String> = Mutex::new(String::new());
+static LAST_ERROR: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Print llama.cpp's log lines to stderr.
 pub fn set_verbose(v: bool) {
@@ -60,9 +60,14 @@ unsafe extern "C" fn log_cb(level: ffi::ggml_log_level, text: *const c_char, _us
     let s = unsafe { CStr::from_ptr(text) }.to_string_lossy();
     if level == ffi::GGML_LOG_LEVEL_ERROR {
         if let Ok(mut e) = LAST_ERROR.lock() {
+            // "llama_model_load: error loading model: X" -> "error loading model: X"
             let line = s.trim();
-            if !line.is_empty() {
-                *e = line.to_string();
+            let line = match line.split_once(": ") {
+                Some((f, rest)) if !f.contains(' ') => rest,
+                _ => line,
+            };
+            if !line.is_empty() && e.len() < 8 {
+                e.push(line.to_string());
             }
         }
     }
@@ -71,10 +76,11 @@ unsafe extern "C" fn log_cb(level: ffi::ggml_log_level, text: *const c_char, _us
     }
 }
 
+/// The error-level lines llama.cpp logged since the last call, joined.
 fn take_last_error() -> String {
     LAST_ERROR
         .lock()
-        .map(|mut e| std::mem::take(&mut *e))
+        .map(|mut e| std::mem::take(&mut *e).join("; "))
         .unwrap_or_default()
 }
 

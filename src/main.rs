@@ -15,6 +15,9 @@ use cktrace::trace::TraceSession;
 use cktrace::{bench, models};
 use cktrace_tracer::Meta;
 
+/// `--trace` given without a directory: make one under the trace root.
+const AUTO_DIR: &str = "<auto>";
+
 #[derive(Parser)]
 #[command(
     name = "cktrace",
@@ -46,8 +49,13 @@ enum Cmd {
         #[arg(short = 't', long, default_value_t = 2)]
         threads: i32,
     },
-    /// Measure decode speed side by side (median of repetitions, ratios).
-    Bench(bench::BenchArgs),
+    /// Read a trace: records as a table/CSV/JSON, --stats, --validate.
+    Parse(cktrace_parser::cli::ParseArgs),
+    /// Export a trace for Perfetto (--chrome) or DuckDB/Polars (--parquet).
+    Export(cktrace_parser::cli::ExportArgs),
+    /// Measure speed side by side (medians of alternating repetitions, ratios).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Prove the trace complete: enumerate every MUL_MAT / MUL_MAT_ID /
     /// GET_ROWS node with the eval callback, trace the same generation, and
     /// check that every node's records tile its output exactly once.
@@ -139,7 +147,7 @@ struct RunArgs {
     ignore_eos: bool,
     /// Trace every weight read into DIR (default: a new directory under
     /// $CKTRACE_TRACE_ROOT or ./cktrace-traces).
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = AUTO_DIR)]
     trace: Option<PathBuf>,
     /// Records the trace file can hold; more are counted as dropped.
     #[arg(long, default_value_t = cktrace::trace::DEFAULT_CAPACITY)]
@@ -209,6 +217,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Census(a) => cmd_census(a),
+        Cmd::Parse(mut a) => {
+            a.dir = Some(cktrace_parser::cli::resolve_dir(
+                a.dir.take(),
+                &cktrace::trace::trace_root(),
+            )?);
+            let code = a.run(&mut std::io::stdout().lock())?;
+            Ok(ExitCode::from(code as u8))
+        }
+        Cmd::Export(mut a) => {
+            a.dir = Some(cktrace_parser::cli::resolve_dir(
+                a.dir.take(),
+                &cktrace::trace::trace_root(),
+            )?);
+            let code = a.run(&mut std::io::stdout().lock())?;
+            Ok(ExitCode::from(code as u8))
+        }
         Cmd::TestModel { out, seed } => {
             let info = cktrace::testmodel::write_tiny_moe(&out, seed)?;
             println!(
@@ -278,7 +302,7 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
     let mut session = match &a.trace {
         None => None,
         Some(d) => {
-            let dir = if d.as_os_str().is_empty() {
+            let dir = if d.as_os_str() == AUTO_DIR {
                 default_trace_dir(&path)
             } else {
                 d.clone()

@@ -24,15 +24,16 @@ pub const REGISTRY_FILE: &str = "registry.json";
 pub const META_FILE: &str = "meta.json";
 
 /// Why a trace bundle could not be opened. Each message is one line that
-/// names the file and what is wrong with it.
+/// names the file and what is wrong with it, including the underlying I/O or
+/// JSON error (which is therefore not also chained as a `source`, so that
+/// `{:#}` printing does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}: {err}", path.display())]
     Io {
         path: PathBuf,
         what: &'static str,
-        #[source]
-        source: io::Error,
+        err: io::Error,
     },
     #[error("{}: not a trace bundle directory (no {TRACE_FILE} in it)", path.display())]
     NotABundle { path: PathBuf },
@@ -42,11 +43,10 @@ pub enum ParseError {
     BadHeader { path: PathBuf, msg: String },
     #[error("{}: missing: every trace bundle has a {REGISTRY_FILE} next to {TRACE_FILE}", path.display())]
     MissingRegistry { path: PathBuf },
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON: {err}", path.display())]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        err: serde_json::Error,
     },
 }
 
@@ -94,7 +94,7 @@ impl Trace {
                     ParseError::Io {
                         path: dir,
                         what: "cannot open trace directory",
-                        source: e,
+                        err: e,
                     }
                 });
             }
@@ -102,7 +102,7 @@ impl Trace {
                 return Err(ParseError::Io {
                     path: bin,
                     what: "cannot open",
-                    source: e,
+                    err: e,
                 })
             }
         };
@@ -111,7 +111,7 @@ impl Trace {
             .map_err(|e| ParseError::Io {
                 path: bin.clone(),
                 what: "cannot stat",
-                source: e,
+                err: e,
             })?
             .len();
         if file_len < HEADER_SIZE as u64 {
@@ -130,7 +130,7 @@ impl Trace {
         let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| ParseError::Io {
             path: bin.clone(),
             what: "cannot mmap",
-            source: e,
+            err: e,
         })?;
         // The mapping may be shorter than the metadata said if the file
         // shrank in between; trust the mapping.
@@ -187,7 +187,7 @@ impl Trace {
         let registry: Registry = match std::fs::read(&reg_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ParseError::Json {
                 path: reg_path.clone(),
-                source: e,
+                err: e,
             })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ParseError::MissingRegistry { path: reg_path });
@@ -196,7 +196,7 @@ impl Trace {
                 return Err(ParseError::Io {
                     path: reg_path,
                     what: "cannot read",
-                    source: e,
+                    err: e,
                 })
             }
         };

@@ -109,7 +109,8 @@ pub struct TraceRecord {
     pub act_id: u32,
     /// 40: first byte read, relative to the tensor's data.
     pub offset: u64,
-    /// 48: bytes read (the bounding range when [`flags::STRIDED`] is set).
+    /// 48: bytes read; with [`flags::STRIDED`] they are rows spread at the
+    /// tensor's row stride starting at `offset`, not one contiguous range.
     pub len: u64,
     /// 56: first row of the weight (= output feature) computed / copied.
     pub row0: u32,
@@ -338,8 +339,8 @@ impl TraceHeader {
 pub mod flags {
     /// Set last by the writer: the slot holds a complete record.
     pub const VALID: u32 = 1 << 31;
-    /// `offset`/`len` is the bounding range of a strided read (e.g. a view of
-    /// the KV cache spanning several heads), not a contiguous one.
+    /// The `len` bytes were read as rows at the tensor's row stride (e.g. a
+    /// view of one KV head, or several heads' planes), starting at `offset`.
     pub const STRIDED: u32 = 1 << 0;
     /// The tensor was read from a repacked (extra buffer type) copy; rows
     /// still count in the original tensor's row numbering.

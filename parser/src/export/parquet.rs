@@ -60,21 +60,14 @@ pub const SCHEMA: &str = "message cktrace_record {
   optional int64 gguf_offset;
 }";
 
-/// Why a Parquet export failed; the message names the output file.
+/// Why a Parquet export failed; the one-line message names the output file
+/// and includes the underlying error.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{}: parquet: {source}", path.display())]
-    Parquet {
-        path: PathBuf,
-        #[source]
-        source: ParquetError,
-    },
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: io::Error },
+    #[error("{}: parquet: {err}", path.display())]
+    Parquet { path: PathBuf, err: ParquetError },
 }
 
 /// Registry columns of one tensor, as ready-made values.
@@ -197,13 +190,13 @@ fn write_parquet_groups(
     row_group: usize,
 ) -> Result<u64, ExportError> {
     let row_group = row_group.max(1);
-    let pq = |source| ExportError::Parquet {
+    let pq = |err| ExportError::Parquet {
         path: path.to_path_buf(),
-        source,
+        err,
     };
-    let file = File::create(path).map_err(|source| ExportError::Io {
+    let file = File::create(path).map_err(|err| ExportError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     })?;
     let schema = Arc::new(parse_message_type(SCHEMA).map_err(pq)?);
     let props = Arc::new(
@@ -314,11 +307,11 @@ fn write_parquet_groups(
     let inner = w.into_inner().map_err(pq)?;
     let file = inner.into_inner().map_err(|e| ExportError::Io {
         path: path.to_path_buf(),
-        source: e.into_error(),
+        err: e.into_error(),
     })?;
-    file.sync_all().map_err(|source| ExportError::Io {
+    file.sync_all().map_err(|err| ExportError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     })?;
     Ok(rows)
 }

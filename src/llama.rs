@@ -270,6 +270,46 @@ impl Model {
         unsafe { ffi::llama_vocab_is_eog(self.vocab(), tok) }
     }
 
+    /// `user` wrapped in the model's own chat template as one user turn
+    /// followed by the assistant's turn, or `None` if the model has no
+    /// template (a base model) or llama.cpp does not know it.
+    pub fn chat_prompt(&self, user: &str) -> Option<String> {
+        // SAFETY: valid model; NULL name = the default template; the returned
+        // string lives as long as the model.
+        let tmpl = unsafe { ffi::llama_model_chat_template(self.ptr.as_ptr(), std::ptr::null()) };
+        if tmpl.is_null() {
+            return None;
+        }
+        let (role, content) = (CString::new("user").ok()?, CString::new(user).ok()?);
+        let msg = ffi::llama_chat_message {
+            role: role.as_ptr(),
+            content: content.as_ptr(),
+        };
+        let mut buf = vec![0u8; user.len() * 2 + 512];
+        for _ in 0..2 {
+            // SAFETY: msg points at live C strings; buf is writable for its length.
+            let n = unsafe {
+                ffi::llama_chat_apply_template(
+                    tmpl,
+                    &msg,
+                    1,
+                    true,
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len() as i32,
+                )
+            };
+            if n < 0 {
+                return None;
+            }
+            if (n as usize) <= buf.len() {
+                buf.truncate(n as usize);
+                return String::from_utf8(buf).ok();
+            }
+            buf.resize(n as usize, 0);
+        }
+        None
+    }
+
     /// Tokenize `text`, adding BOS if the model wants it.
     pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<i32>> {
         let mut toks = vec![0i32; text.len() + 8];

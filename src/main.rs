@@ -145,6 +145,10 @@ struct RunArgs {
     /// Keep generating after an end-of-generation token.
     #[arg(long)]
     ignore_eos: bool,
+    /// Feed the prompt as raw text even if the model has a chat template
+    /// (by default an instruct model gets its template, as in llama-cli).
+    #[arg(long)]
+    raw: bool,
     /// Trace every weight read into DIR (default: a new directory under
     /// $CKTRACE_TRACE_ROOT or ./cktrace-traces).
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = AUTO_DIR)]
@@ -292,8 +296,14 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
         },
         None,
     )?;
+    let text = if a.raw {
+        None
+    } else {
+        model.chat_prompt(&a.prompt)
+    }
+    .unwrap_or_else(|| a.prompt.clone());
     let params = GenParams {
-        prompt: a.prompt.clone(),
+        prompt: text.clone(),
         n_predict: a.n_predict,
         temp: a.temp,
         seed: a.seed,
@@ -350,7 +360,7 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
                 .with_context(|| format!("hashing {}", path.display()))?,
             arch: model.arch(),
             n_layer: model.n_layer(),
-            prompt: a.prompt.clone(),
+            prompt: text.clone(),
             prompt_tokens: out.prompt_tokens.clone(),
             step_tokens: out.step_tokens.clone(),
             generated_tokens: out.tokens.clone(),

@@ -36,6 +36,18 @@ pub enum BenchCmd {
         #[arg(long)]
         baseline: PathBuf,
     },
+    /// `parse --stats` speed over a synthetic trace of the given size (GB/s,
+    /// records/s). The trace is left in DIR for `cktrace parse DIR --stats`
+    /// under /usr/bin/time to measure peak memory.
+    Parse {
+        /// Where to write the synthetic trace bundle.
+        dir: PathBuf,
+        /// Trace size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        #[arg(short = 'r', long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Print the plain-loop decode tok/s of each repetition (used by `hook`).
     #[command(hide = true)]
     Plain(BenchArgs),
@@ -143,6 +155,16 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Decode(a) => bench_decode(&a),
         BenchCmd::Trace(a) => bench_trace(&a),
         BenchCmd::Hook { args, baseline } => bench_hook(&args, &baseline),
+        BenchCmd::Parse { dir, mib, runs } => {
+            let r = cktrace_parser::bench::bench_parse(
+                &dir,
+                mib << 20,
+                runs,
+                &mut std::io::stdout().lock(),
+            )?;
+            let _ = r;
+            Ok(())
+        }
         BenchCmd::Plain(a) => {
             let s = setup(&a)?;
             let mut ctx = Context::new(&s.model, cparams(&a), None)?;
@@ -196,6 +218,25 @@ fn bench_decode(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Times the step hooks of the hook it wraps (the tracer's flush).
+struct TimedHook<'a, H: crate::generate::StepHook> {
+    inner: &'a mut H,
+    secs: f64,
+}
+
+impl<H: crate::generate::StepHook> crate::generate::StepHook for TimedHook<'_, H> {
+    fn before(&mut self, step: u32, pos: i32, tokens: &[i32]) {
+        let t = Instant::now();
+        self.inner.before(step, pos, tokens);
+        self.secs += t.elapsed().as_secs_f64();
+    }
+    fn after(&mut self, step: u32) {
+        let t = Instant::now();
+        self.inner.after(step);
+        self.secs += t.elapsed().as_secs_f64();
+    }
+}
+
 fn bench_trace(a: &BenchArgs) -> Result<()> {
     let s = setup(a)?;
     let mut ctx = Context::new(&s.model, cparams(a), None)?;
@@ -217,7 +258,8 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     );
     generate(&mut ctx, &params, &mut NoHook, |_| {})?; // warm-up
     ctx.clear();
-    let (mut off, mut on, mut per_rec) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut off, mut on, mut per_rec, mut flush_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut recs_per_step = 0.0;
     for i in 0..a.reps {
         let t_off = generate(&mut ctx, &params, &mut NoHook, |_| {})?;
@@ -230,7 +272,12 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
             crate::trace::DEFAULT_CAPACITY,
             false,
         )?;
-        let t_on = generate(&mut ctx, &params, &mut session, |_| {})?;
+        let mut timed = TimedHook {
+            inner: &mut session,
+            secs: 0.0,
+        };
+        let t_on = generate(&mut ctx, &params, &mut timed, |_| {})?;
+        flush_s.push(timed.secs * 1e3 / (t_on.n_decode + 1) as f64);
         ctx.clear();
         let st = session.finish(Default::default())?;
         if st.dropped != 0 {
@@ -249,7 +296,10 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     let (mo, mn) = (median(&off), median(&on));
     println!("tracing off   median {mo:8.1} tok/s   [{}]", fmt_list(&off));
     println!("tracing on    median {mn:8.1} tok/s   [{}]", fmt_list(&on));
-    println!("records per decode step: {recs_per_step:.0}");
+    println!(
+        "records per decode step: {recs_per_step:.0}; step hooks (flush) {:.3} ms per step",
+        median(&flush_s)
+    );
     println!(
         "cost per record (median of (t_on - t_off) / records): {:.0} ns",
         median(&per_rec)

@@ -37,7 +37,7 @@ pub struct GenOutput {
     pub step_tokens: Vec<Vec<i32>>,
     pub text: String,
     pub prefill_s: f64,
-    /// Wall time of the single-token decodes.
+    /// Wall time of the single-token decodes, step hooks included.
     pub decode_s: f64,
     pub n_decode: usize,
 }
@@ -80,11 +80,11 @@ pub fn generate(
     };
     let mut pending: Vec<u8> = Vec::new();
 
-    hook.before(0, 0, &prompt_tokens);
     let t0 = Instant::now();
+    hook.before(0, 0, &prompt_tokens);
     ctx.decode(&prompt_tokens, 0)?;
-    out.prefill_s = t0.elapsed().as_secs_f64();
     hook.after(0);
+    out.prefill_s = t0.elapsed().as_secs_f64();
     out.step_tokens.push(prompt_tokens.clone());
 
     let mut pos = prompt_tokens.len() as i32;
@@ -100,12 +100,14 @@ pub fn generate(
         if step as usize == params.n_predict {
             break;
         }
-        hook.before(step, pos, &[tok]);
+        // Timed: the decode and the step hooks (a tracer's flush is part of
+        // what tracing costs), not the sampling.
         let t = Instant::now();
+        hook.before(step, pos, &[tok]);
         ctx.decode(&[tok], pos)?;
+        hook.after(step);
         out.decode_s += t.elapsed().as_secs_f64();
         out.n_decode += 1;
-        hook.after(step);
         out.step_tokens.push(vec![tok]);
         pos += 1;
     }

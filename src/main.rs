@@ -162,6 +162,12 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`cktrace parse | head`) ends the process quietly, as for
+    // any Unix filter, instead of a panic in println!.
+    // SAFETY: called first thing in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -38,6 +38,37 @@ static STEP: AtomicU32 = AtomicU32::new(0);
 static POS: AtomicI32 = AtomicI32::new(0);
 static NTOK: AtomicU32 = AtomicU32::new(0);
 static PHASE: AtomicU8 = AtomicU8::new(0);
+/// Bumped before every decode: graph tensor addresses are only stable within
+/// one graph computation, so resolutions are cached per epoch.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// One cached resolution: tensor address -> (base address, offset, id, layer, repacked).
+#[derive(Clone, Copy, Default)]
+struct Resolved {
+    key: usize,
+    epoch: u64,
+    base: usize,
+    off: u64,
+    id: u32,
+    layer: i16,
+    repacked: bool,
+}
+
+thread_local! {
+    /// The last few resolutions of this thread: a node's chunks share their
+    /// tensors, so this spares the hash lookups on all but the first chunk.
+    static RESOLVED: RefCell<([Resolved; 8], usize)> = const { RefCell::new(([EMPTY; 8], 0)) };
+}
+
+const EMPTY: Resolved = Resolved {
+    key: 0,
+    epoch: 0,
+    base: 0,
+    off: 0,
+    id: 0,
+    layer: 0,
+    repacked: false,
+};
 
 /// What the hook needs to resolve tensors; frozen while the hook is installed
 /// except for the runtime map, which has its own lock.
@@ -160,6 +191,46 @@ impl HookState {
 
     /// Resolve a tensor to (base tensor, byte offset of `t` in the base, id, layer, repacked).
     fn resolve<'a>(&self, t: &'a ffi::ggml_tensor) -> (&'a ffi::ggml_tensor, u64, u32, i16, bool) {
+        let key = t as *const _ as usize;
+        let epoch = EPOCH.load(Ordering::Relaxed) ^ (self.generation << 40);
+        let hit = RESOLVED
+            .try_with(|c| {
+                let c = c.try_borrow().ok()?;
+                c.0.iter()
+                    .find(|e| e.key == key && e.epoch == epoch)
+                    .copied()
+            })
+            .ok()
+            .flatten();
+        if let Some(e) = hit {
+            // SAFETY: `base` was resolved from `t` in this same graph
+            // computation (same epoch), so it is live as long as `t`.
+            let base = unsafe { &*(e.base as *const ffi::ggml_tensor) };
+            return (base, e.off, e.id, e.layer, e.repacked);
+        }
+        let r = self.resolve_slow(t);
+        let _ = RESOLVED.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                let next = c.1;
+                c.0[next] = Resolved {
+                    key,
+                    epoch,
+                    base: r.0 as *const _ as usize,
+                    off: r.1,
+                    id: r.2,
+                    layer: r.3,
+                    repacked: r.4,
+                };
+                c.1 = (next + 1) % 8;
+            }
+        });
+        r
+    }
+
+    fn resolve_slow<'a>(
+        &self,
+        t: &'a ffi::ggml_tensor,
+    ) -> (&'a ffi::ggml_tensor, u64, u32, i16, bool) {
         let mut base = t;
         // SAFETY: view_src chains point at live tensors of the same graph or model.
         while !base.view_src.is_null() {
@@ -206,7 +277,9 @@ unsafe extern "C" fn ggml_trace_hook(ev: *const ffi::ggml_cpu_trace_event) {
     let layer = if layer >= 0 {
         layer
     } else {
-        layer_of(&String::from_utf8_lossy(name_bytes(node)))
+        std::str::from_utf8(name_bytes(node))
+            .ok()
+            .and_then(layer_of)
             .map(|l| l as i16)
             .unwrap_or(-1)
     };
@@ -475,6 +548,7 @@ impl Drop for TraceSession {
 
 impl StepHook for TraceSession {
     fn before(&mut self, step: u32, pos: i32, tokens: &[i32]) {
+        EPOCH.fetch_add(1, Ordering::Relaxed);
         STEP.store(step, Ordering::Relaxed);
         POS.store(pos, Ordering::Relaxed);
         NTOK.store(tokens.len() as u32, Ordering::Relaxed);

@@ -53,6 +53,10 @@ pub struct TraceSink {
     capacity: u64,
     emitted: AtomicU64,
     start_mono_ns: u64,
+    /// File byte offset up to which pages have been pre-faulted.
+    populated: AtomicU64,
+    /// Cursor at the previous pre-fault, to size the next window.
+    last_cursor: AtomicU64,
 }
 
 // SAFETY: `base` points into the mapping owned by `map`, which lives as long
@@ -112,6 +116,8 @@ impl TraceSink {
             capacity,
             emitted: AtomicU64::new(0),
             start_mono_ns,
+            populated: AtomicU64::new(0),
+            last_cursor: AtomicU64::new(0),
         }))
     }
 
@@ -172,6 +178,40 @@ impl TraceSink {
         self.counter(OFF_COMPLETE)
             .fetch_add(take, Ordering::Release);
         take as usize
+    }
+
+    /// Fault in the file pages the next records will land in (twice what the
+    /// last interval wrote, at least 4 MiB), so that the page faults of a
+    /// fresh sparse file are taken here, between decode steps, in one batch,
+    /// and not one by one inside the engine's worker threads.
+    pub fn prefault_ahead(&self) {
+        let cur = self.counter(OFF_RECORDS).load(Ordering::Relaxed);
+        let last = self.last_cursor.swap(cur, Ordering::Relaxed);
+        let window = ((cur.saturating_sub(last)) * 2 * RECORD_SIZE as u64).max(4 << 20);
+        let end_file = HEADER_SIZE as u64 + self.capacity * RECORD_SIZE as u64;
+        let from = (HEADER_SIZE as u64 + cur * RECORD_SIZE as u64)
+            .max(self.populated.load(Ordering::Relaxed));
+        let to = (HEADER_SIZE as u64 + cur * RECORD_SIZE as u64 + window).min(end_file);
+        if to <= from {
+            return;
+        }
+        let page = 4096u64;
+        let (a, b) = (from / page * page, to.div_ceil(page) * page);
+        let b = b.min(end_file.div_ceil(page) * page);
+        // SAFETY: [a, b) lies inside our mapping (page-rounded ends of a
+        // range within the file's size); MADV_POPULATE_WRITE only faults the
+        // pages in (their content, zero or already written, is unchanged).
+        // Kernels without it return EINVAL, which we ignore.
+        let rc = unsafe {
+            libc::madvise(
+                self.base.add(a as usize) as *mut libc::c_void,
+                (b - a) as usize,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if rc == 0 {
+            self.populated.fetch_max(b, Ordering::Relaxed);
+        }
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -309,6 +349,7 @@ pub fn flush_all() {
             g.recs.clear();
         }
     }
+    with_active(|s| s.prefault_ahead());
 }
 
 #[cfg(test)]

@@ -191,6 +191,14 @@ impl HookState {
 
     /// Resolve a tensor to (base tensor, byte offset of `t` in the base, id, layer, repacked).
     fn resolve<'a>(&self, t: &'a ffi::ggml_tensor) -> (&'a ffi::ggml_tensor, u64, u32, i16, bool) {
+        // Fast path: a registered weight carries its id in its padding.
+        if t.view_src.is_null() {
+            if let Some(id) = weight_tag(t) {
+                if let Some(&(layer, repacked)) = self.info.get(id as usize) {
+                    return (t, 0, id, layer, repacked);
+                }
+            }
+        }
         let key = t as *const _ as usize;
         let epoch = EPOCH.load(Ordering::Relaxed) ^ (self.generation << 40);
         let hit = RESOLVED
@@ -243,6 +251,45 @@ impl HookState {
         }
         let (id, layer) = self.runtime_id(base);
         (base, off, id, layer, false)
+    }
+}
+
+/// Marker byte in `ggml_tensor::padding[4]` of a weight the tracer tagged.
+const TAG: u8 = 0xC7;
+
+/// The registry id the tracer wrote into a weight's padding, if any.
+///
+/// `ggml_tensor` ends in 8 bytes of padding that ggml never uses (and zeroes
+/// for every tensor it creates); while a trace session runs, bytes 0..4 hold
+/// the registry id of each model weight and byte 4 the [`TAG`]. This turns
+/// the id lookup of the hot path into one load from a cache line the kernel
+/// just used. The tags are removed when the session ends.
+fn weight_tag(t: &ffi::ggml_tensor) -> Option<u32> {
+    let p = &t.padding;
+    if p[4] as u8 != TAG {
+        return None;
+    }
+    Some(u32::from_le_bytes([
+        p[0] as u8, p[1] as u8, p[2] as u8, p[3] as u8,
+    ]))
+}
+
+/// Write (or with `None`, clear) the tag of a model weight.
+///
+/// # Safety
+/// `t` must point at a live model weight tensor that no thread is reading
+/// concurrently (no decode is running).
+unsafe fn set_weight_tag(t: *mut ffi::ggml_tensor, id: Option<u32>) {
+    // SAFETY: caller guarantees a live, unshared tensor.
+    let p = unsafe { &mut (*t).padding };
+    match id {
+        Some(id) => {
+            for (i, b) in id.to_le_bytes().iter().enumerate() {
+                p[i] = *b as _;
+            }
+            p[4] = TAG as _;
+        }
+        None => *p = [0; 8],
     }
 }
 
@@ -425,6 +472,8 @@ pub struct TraceSession {
     sink: Arc<TraceSink>,
     registry: Arc<Mutex<Registry>>,
     state: *mut HookState,
+    /// Weights whose padding carries a tag, to clear at the end.
+    tagged: Vec<usize>,
     n_weights: usize,
     finished: bool,
 }
@@ -461,6 +510,10 @@ impl TraceSession {
             })
             .collect();
         let n_weights = reg.tensors.len();
+        for (i, &p) in structs.iter().enumerate() {
+            // SAFETY: model weights, live as long as the model; no decode runs.
+            unsafe { set_weight_tag(p as *mut ffi::ggml_tensor, Some(i as u32)) };
+        }
         let registry = Arc::new(Mutex::new(reg));
         let state = Box::into_raw(Box::new(HookState {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
@@ -483,6 +536,7 @@ impl TraceSession {
             sink,
             registry,
             state,
+            tagged: structs,
             n_weights,
             finished: false,
         })
@@ -496,9 +550,18 @@ impl TraceSession {
         self.n_weights
     }
 
+    fn untag(&mut self) {
+        for p in self.tagged.drain(..) {
+            // SAFETY: tagged in start; the model outlives the session and no
+            // decode is running.
+            unsafe { set_weight_tag(p as *mut ffi::ggml_tensor, None) };
+        }
+    }
+
     /// Remove the hook, flush everything, write registry.json and meta.json.
     pub fn finish(&mut self, mut meta: Meta) -> Result<SinkStats> {
         self.finished = true;
+        self.untag();
         // SAFETY: no decode is running (we are on the thread that calls
         // llama_decode, between calls), so no worker is inside the hook.
         unsafe {
@@ -531,6 +594,7 @@ impl TraceSession {
 impl Drop for TraceSession {
     fn drop(&mut self) {
         if !self.finished {
+            self.untag();
             // SAFETY: as in finish: called between decodes.
             unsafe { ffi::ggml_cpu_set_trace_hook(None) };
             let st = STATE.swap(std::ptr::null_mut(), Ordering::AcqRel);

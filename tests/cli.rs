@@ -760,3 +760,68 @@ fn exports_load_back() {
     let b = std::fs::read(&pq).unwrap();
     assert!(b.starts_with(b"PAR1") && b.ends_with(b"PAR1"));
 }
+
+#[test]
+fn parse_bad_traces_give_one_clear_line() {
+    let (d, dir) = plain_trace("parsebad", "2");
+    let copy = |name: &str| {
+        let to = d.path().join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["trace.bin", "registry.json", "meta.json"] {
+            std::fs::copy(dir.join(f), to.join(f)).unwrap();
+        }
+        to
+    };
+    // Empty trace file.
+    let t = copy("empty");
+    std::fs::write(t.join("trace.bin"), b"").unwrap();
+    assert_one_line_error(
+        &run(&["parse", t.to_str().unwrap(), "--stats"]),
+        &["trace.bin"],
+    );
+    // Random bytes.
+    let t = copy("random");
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(t.join("trace.bin"), junk).unwrap();
+    assert_one_line_error(
+        &run(&["parse", t.to_str().unwrap(), "--stats"]),
+        &["trace.bin"],
+    );
+    // Another format version.
+    let t = copy("version");
+    let mut b = std::fs::read(t.join("trace.bin")).unwrap();
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    std::fs::write(t.join("trace.bin"), b).unwrap();
+    assert_one_line_error(
+        &run(&["parse", t.to_str().unwrap(), "--stats"]),
+        &["version 2"],
+    );
+    // Missing registry.
+    let t = copy("noreg");
+    std::fs::remove_file(t.join("registry.json")).unwrap();
+    assert_one_line_error(
+        &run(&["parse", t.to_str().unwrap(), "--stats"]),
+        &["registry.json"],
+    );
+    // Cut in the middle of a record: a warning, and the complete records.
+    let t = copy("cut");
+    let b = std::fs::read(t.join("trace.bin")).unwrap();
+    let n = (b.len() - HEADER_SIZE) / RECORD_SIZE;
+    std::fs::write(t.join("trace.bin"), &b[..b.len() - RECORD_SIZE / 2]).unwrap();
+    let o = run(&["parse", t.to_str().unwrap(), "--stats", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).to_lowercase().contains("warning"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stats = if v.get("stats").is_some() {
+        &v["stats"]
+    } else {
+        &v
+    };
+    assert_eq!(stats["records"].as_u64().unwrap(), n as u64 - 1);
+}

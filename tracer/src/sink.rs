@@ -185,6 +185,9 @@ impl TraceSink {
     /// fresh sparse file are taken here, between decode steps, in one batch,
     /// and not one by one inside the engine's worker threads.
     pub fn prefault_ahead(&self) {
+        if std::env::var_os("CKTRACE_NO_PREFAULT").is_some() {
+            return;
+        }
         let cur = self.counter(OFF_RECORDS).load(Ordering::Relaxed);
         let last = self.last_cursor.swap(cur, Ordering::Relaxed);
         let window = ((cur.saturating_sub(last)) * 2 * RECORD_SIZE as u64).max(4 << 20);

@@ -336,6 +336,27 @@ impl Trace {
         }
     }
 
+    /// Drop this process's mapping of the pages that hold slots `range` (the
+    /// page cache keeps them), so that a streaming pass over a trace larger
+    /// than memory keeps a flat resident set. Reading those slots again just
+    /// maps the pages back in.
+    pub fn release(&self, range: Range<usize>) {
+        const PAGE: usize = 4096;
+        let end = range.end.min(self.slots);
+        let start = range.start.min(end);
+        let a = (HEADER_SIZE + start * RECORD_SIZE).div_ceil(PAGE) * PAGE;
+        let b = (HEADER_SIZE + end * RECORD_SIZE) / PAGE * PAGE;
+        if b > a && b <= self.map.len() {
+            // SAFETY: a read-only shared mapping of a regular file: MADV_DONTNEED
+            // only unmaps the pages; their contents (the file's) are unchanged and
+            // are mapped back on the next access, so outstanding borrows stay valid.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a)
+            };
+        }
+    }
+
     /// Number of readable slots without [`flags::VALID`] (reserved but never
     /// completed). Scans the file.
     pub fn incomplete_slots(&self) -> u64 {

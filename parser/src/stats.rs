@@ -415,13 +415,22 @@ fn grow_at(v: &mut Vec<Tally>, i: usize) -> &mut Tally {
 }
 
 fn scan(trace: &Trace, m: &Matcher<'_>, kinds: &Kinds, range: std::ops::Range<usize>) -> Acc {
+    // Blocks of 8 MiB, each released after it is read: the resident set
+    // stays flat however large the trace.
+    const BLOCK: usize = 1 << 16;
     let mut acc = Acc::new();
     acc.seen = range.len() as u64;
-    for r in trace.records_in(range) {
-        acc.valid += 1;
-        if m.matches(&r) {
-            acc.add(&r, kinds);
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + BLOCK).min(range.end);
+        for r in trace.records_in(start..end) {
+            acc.valid += 1;
+            if m.matches(&r) {
+                acc.add(&r, kinds);
+            }
         }
+        trace.release(start..end);
+        start = end;
     }
     acc
 }

@@ -269,7 +269,7 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
             &dir,
             &s.model,
             a.threads as u32,
-            crate::trace::DEFAULT_CAPACITY,
+            crate::DEFAULT_TRACE_CAPACITY,
             false,
         )?;
         let mut timed = TimedHook {

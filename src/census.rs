@@ -459,7 +459,7 @@ pub fn run(
         dir,
         model,
         cparams.threads as u32,
-        crate::trace::DEFAULT_CAPACITY,
+        crate::DEFAULT_TRACE_CAPACITY,
         false,
     )?;
     let mut ctx = Context::new(model, cparams, None)?;

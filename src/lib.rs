@@ -15,5 +15,17 @@ pub mod trace;
 pub mod trace;
 
 pub mod gguf;
+
+/// Records a trace can hold by default (a sparse file: 8 GiB of address
+/// space, only what is written uses disk).
+pub const DEFAULT_TRACE_CAPACITY: u64 = 1 << 26;
+
+/// Where traces go when `--trace` has no directory: `$CKTRACE_TRACE_ROOT`,
+/// else `./cktrace-traces`. `LAST` in it names the newest trace.
+pub fn trace_root() -> std::path::PathBuf {
+    std::env::var_os("CKTRACE_TRACE_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("cktrace-traces"))
+}
 pub mod models;
 pub mod testmodel;

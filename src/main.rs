@@ -85,13 +85,8 @@ struct CensusArgs {
     n_predict: usize,
     #[arg(short = 't', long, default_value_t = 2)]
     threads: i32,
-    #[arg(long)]
-    no_mmap: bool,
-    #[arg(long)]
-    no_repack: bool,
-    /// Hide the AMX extra buffer type (weights take CPU_REPACK instead).
-    #[arg(long)]
-    no_amx: bool,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Where the traced pass writes its bundle (default: under the trace root).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -113,6 +108,37 @@ enum ModelsCmd {
     Path { name: String },
 }
 
+/// How a model is loaded: these decide which buffers and kernel paths
+/// the weights take.
+#[derive(Args)]
+struct LoadArgs {
+    /// Read the model into anonymous memory instead of mapping it.
+    #[arg(long)]
+    no_mmap: bool,
+    /// Do not let ggml repack weights into CPU extra buffer types (repack/AMX).
+    #[arg(long)]
+    no_repack: bool,
+    /// Hide the AMX extra buffer type, so repackable weights take CPU_REPACK
+    /// (the path they take on a machine without AMX).
+    #[arg(long)]
+    no_amx: bool,
+}
+
+impl LoadArgs {
+    /// Check the file, then load it as asked.
+    fn load(&self, path: &Path) -> Result<Model> {
+        cktrace::check::model_file(path)?;
+        llama::set_amx(!self.no_amx);
+        Ok(Model::load(
+            path,
+            ModelParams {
+                mmap: !self.no_mmap,
+                repack: !self.no_repack,
+            },
+        )?)
+    }
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// A GGUF file or a catalogue name (default: smollm2).
@@ -129,16 +155,8 @@ struct RunArgs {
     /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temp: f32,
-    /// Read the model into anonymous memory instead of mapping it.
-    #[arg(long)]
-    no_mmap: bool,
-    /// Do not let ggml repack weights into CPU extra buffer types (repack/AMX).
-    #[arg(long)]
-    no_repack: bool,
-    /// Hide the AMX extra buffer type, so repackable weights take CPU_REPACK
-    /// (the path they take on a machine without AMX).
-    #[arg(long)]
-    no_amx: bool,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Context size in tokens.
     #[arg(long, default_value_t = 2048)]
     ctx: u32,
@@ -154,7 +172,7 @@ struct RunArgs {
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = AUTO_DIR)]
     trace: Option<PathBuf>,
     /// Records the trace file can hold; more are counted as dropped.
-    #[arg(long, default_value_t = cktrace::trace::DEFAULT_CAPACITY)]
+    #[arg(long, default_value_t = cktrace::DEFAULT_TRACE_CAPACITY)]
     trace_capacity: u64,
     /// Also record every other op (norms, rope, softmax, ...) at op level.
     #[arg(long)]
@@ -230,7 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Parse(mut a) => {
             a.dir = Some(cktrace_parser::cli::resolve_dir(
                 a.dir.take(),
-                &cktrace::trace::trace_root(),
+                &cktrace::trace_root(),
             )?);
             let code = a.run(&mut std::io::stdout().lock())?;
             Ok(ExitCode::from(code as u8))
@@ -238,7 +256,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Export(mut a) => {
             a.dir = Some(cktrace_parser::cli::resolve_dir(
                 a.dir.take(),
-                &cktrace::trace::trace_root(),
+                &cktrace::trace_root(),
             )?);
             let code = a.run(&mut std::io::stdout().lock())?;
             Ok(ExitCode::from(code as u8))
@@ -285,14 +303,7 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
         bail!("--threads must be at least 1 (got {})", a.threads);
     }
     let path = resolve_model(a.model.as_deref())?;
-    cktrace::check::model_file(&path)?;
-    let model = Model::load(
-        &path,
-        ModelParams {
-            mmap: !a.no_mmap,
-            repack: !a.no_repack,
-        },
-    )?;
+    let model = a.load.load(&path)?;
     let mut ctx = Context::new(
         &model,
         ContextParams {
@@ -371,8 +382,9 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
             step_tokens: out.step_tokens.clone(),
             generated_tokens: out.tokens.clone(),
             threads: a.threads as u32,
-            mmap: !a.no_mmap,
-            repack: !a.no_repack,
+            mmap: !a.load.no_mmap,
+            repack: !a.load.no_repack,
+            amx: !a.load.no_amx,
             llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
             llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
             command_line: std::env::args().collect(),
@@ -380,7 +392,7 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
             dropped: 0,
         };
         let st = s.finish(meta)?;
-        let root = cktrace::trace::trace_root();
+        let root = cktrace::trace_root();
         let _ = std::fs::create_dir_all(&root);
         let abs = std::fs::canonicalize(s.dir()).unwrap_or_else(|_| s.dir().to_path_buf());
         let _ = std::fs::write(root.join("LAST"), format!("{}\n", abs.display()));
@@ -400,15 +412,7 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
 
 fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
     let path = resolve_model(a.model.as_deref())?;
-    cktrace::check::model_file(&path)?;
-    llama::set_amx(!a.no_amx);
-    let model = Model::load(
-        &path,
-        ModelParams {
-            mmap: !a.no_mmap,
-            repack: !a.no_repack,
-        },
-    )?;
+    let model = a.load.load(&path)?;
     let cparams = ContextParams {
         n_ctx: 512,
         n_batch: 512,
@@ -430,8 +434,9 @@ fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
         n_layer: model.n_layer(),
         prompt: a.prompt.clone(),
         threads: a.threads as u32,
-        mmap: !a.no_mmap,
-        repack: !a.no_repack,
+        mmap: !a.load.no_mmap,
+        repack: !a.load.no_repack,
+        amx: !a.load.no_amx,
         llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
         llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
         command_line: std::env::args().collect(),
@@ -479,7 +484,7 @@ fn default_trace_dir(model: &Path) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    cktrace::trace::trace_root().join(format!("{now}-{stem}"))
+    cktrace::trace_root().join(format!("{now}-{stem}"))
 }
 
 fn cmd_models(m: ModelsCmd) -> Result<ExitCode> {

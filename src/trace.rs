@@ -28,10 +28,6 @@ use crate::ffi;
 use crate::generate::StepHook;
 use crate::llama::{self, Model};
 
-/// Records the default trace can hold (a sparse file: 8 GiB of address
-/// space, only what is written uses disk).
-pub const DEFAULT_CAPACITY: u64 = 1 << 26;
-
 // Step state, written by the thread that calls llama_decode before each step
 // and read by the workers inside the hook.
 static STEP: AtomicU32 = AtomicU32::new(0);
@@ -456,14 +452,6 @@ pub fn model_registry(model: &Model) -> Result<(Registry, Vec<usize>)> {
         structs.push(tp as usize);
     }
     Ok((reg, structs))
-}
-
-/// Where traces go when `--trace` has no directory: `$CKTRACE_TRACE_ROOT`,
-/// else `./cktrace-traces`. `LAST` in it names the newest trace.
-pub fn trace_root() -> PathBuf {
-    std::env::var_os("CKTRACE_TRACE_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("cktrace-traces"))
 }
 
 /// One traced run of the ggml engine.

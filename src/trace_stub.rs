@@ -11,14 +11,6 @@ use cktrace_tracer::Meta;
 use crate::generate::StepHook;
 use crate::llama::Model;
 
-pub const DEFAULT_CAPACITY: u64 = 1 << 26;
-
-pub fn trace_root() -> PathBuf {
-    std::env::var_os("CKTRACE_TRACE_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("cktrace-traces"))
-}
-
 pub struct TraceSession {
     dir: PathBuf,
 }

@@ -349,23 +349,11 @@ fn read_trace(dir: &Path) -> (TraceHeader, Vec<TraceRecord>) {
 
 #[test]
 fn trace_bundle_is_complete_and_nothing_is_dropped() {
-    let m = model("smollm2");
-    let d = scratch("bundle");
-    let dir = d.path().join("t");
-    let o = bin()
-        .args([
-            "run",
-            m.to_str().unwrap(),
-            "-p",
-            "Hello world, here is a prompt",
-            "-n",
-            "6",
-            "--trace",
-            dir.to_str().unwrap(),
-        ])
-        .env("CKTRACE_TRACE_ROOT", d.path())
-        .output()
-        .unwrap();
+    let (d, dir, o) = traced_run(
+        "bundle",
+        "smollm2",
+        &["-p", "Hello world, here is a prompt", "-n", "6"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
@@ -426,23 +414,7 @@ fn trace_bundle_is_complete_and_nothing_is_dropped() {
 
 #[test]
 fn tiny_capacity_drops_are_counted_and_reported() {
-    let m = model("smollm2");
-    let d = scratch("tiny");
-    let dir = d.path().join("t");
-    let o = bin()
-        .args([
-            "run",
-            m.to_str().unwrap(),
-            "-n",
-            "4",
-            "--trace",
-            dir.to_str().unwrap(),
-            "--trace-capacity",
-            "100",
-        ])
-        .env("CKTRACE_TRACE_ROOT", d.path())
-        .output()
-        .unwrap();
+    let (_d, dir, o) = traced_run("tiny", "smollm2", &["-n", "4", "--trace-capacity", "100"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("warning") && e.contains("did not fit"), "{e}");
@@ -553,29 +525,44 @@ fn census_tiny_moe_exercises_mul_mat_id() {
     }
 }
 
-/// Trace SmolLM2 with weights read in place from the mapped file (no repack),
-/// so every weight read is its GGUF bytes.
-fn plain_trace(tag: &str, n: &str) -> (tempfile::TempDir, PathBuf) {
-    let m = model("smollm2");
+/// `cktrace run MODEL ARGS --trace DIR` in a scratch directory that is also
+/// the trace root; returns the scratch dir, the trace dir and the output.
+fn traced_run(tag: &str, model_name: &str, args: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
+    let m = model(model_name);
     let d = scratch(tag);
     let dir = d.path().join("t");
     let o = bin()
-        .args([
-            "run",
-            m.to_str().unwrap(),
-            "-p",
-            "Hello world, this is",
-            "-n",
-            n,
-            "--no-repack",
-            "--trace",
-            dir.to_str().unwrap(),
-        ])
+        .arg("run")
+        .arg(&m)
+        .args(args)
+        .arg("--trace")
+        .arg(&dir)
         .env("CKTRACE_TRACE_ROOT", d.path())
         .output()
         .unwrap();
+    (d, dir, o)
+}
+
+/// Trace SmolLM2 with weights read in place from the mapped file (no repack),
+/// so every weight read is its GGUF bytes.
+fn plain_trace(tag: &str, n: &str) -> (tempfile::TempDir, PathBuf) {
+    let (d, dir, o) = traced_run(
+        tag,
+        "smollm2",
+        &["-p", "Hello world, this is", "-n", n, "--no-repack"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     (d, dir)
+}
+
+/// A copy of the bundle `dir` in `parent/name`, to corrupt.
+fn copy_bundle(dir: &Path, parent: &Path, name: &str) -> PathBuf {
+    let to = parent.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for f in ["trace.bin", "registry.json", "meta.json"] {
+        std::fs::copy(dir.join(f), to.join(f)).unwrap();
+    }
+    to
 }
 
 #[test]
@@ -682,14 +669,7 @@ fn validate_passes_on_real_traces_and_names_each_corruption() {
         .iter()
         .position(|r| r.op == 1 && r.row1 - r.row0 > 1)
         .unwrap();
-    let copy = |name: &str| {
-        let to = d.path().join(name);
-        std::fs::create_dir_all(&to).unwrap();
-        for f in ["trace.bin", "registry.json", "meta.json"] {
-            std::fs::copy(dir.join(f), to.join(f)).unwrap();
-        }
-        to
-    };
+    let copy = |name: &str| copy_bundle(&dir, d.path(), name);
     // A wrong registry id.
     let bad = copy("bad-id");
     let other = recs
@@ -764,14 +744,7 @@ fn exports_load_back() {
 #[test]
 fn parse_bad_traces_give_one_clear_line() {
     let (d, dir) = plain_trace("parsebad", "2");
-    let copy = |name: &str| {
-        let to = d.path().join(name);
-        std::fs::create_dir_all(&to).unwrap();
-        for f in ["trace.bin", "registry.json", "meta.json"] {
-            std::fs::copy(dir.join(f), to.join(f)).unwrap();
-        }
-        to
-    };
+    let copy = |name: &str| copy_bundle(&dir, d.path(), name);
     // Empty trace file.
     let t = copy("empty");
     std::fs::write(t.join("trace.bin"), b"").unwrap();
@@ -824,4 +797,43 @@ fn parse_bad_traces_give_one_clear_line() {
         &v
     };
     assert_eq!(stats["records"].as_u64().unwrap(), n as u64 - 1);
+}
+
+#[test]
+fn run_flags_choose_the_buffer_types() {
+    // --no-amx: the Q4_K weights are read through CPU_REPACK kernels.
+    let (_d, dir, o) = traced_run(
+        "noamx",
+        "smollm2-q4km",
+        &["-p", "Hello", "-n", "3", "--no-amx"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, recs) = read_trace(&dir);
+    assert!(
+        recs.iter().any(|r| r.path == 3 || r.path == 4),
+        "no repack_gemv/gemm records"
+    );
+    assert!(
+        recs.iter().all(|r| r.path != 5),
+        "AMX records despite --no-amx"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        (meta["amx"].as_bool(), meta["repack"].as_bool()),
+        (Some(false), Some(true))
+    );
+    // --no-repack: no extra buffer type at all, weights read in place.
+    let (_d, dir, o) = traced_run(
+        "norepack",
+        "smollm2-q4km",
+        &["-p", "Hello", "-n", "3", "--no-repack"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, recs) = read_trace(&dir);
+    assert!(
+        recs.iter().all(|r| ![3, 4, 5, 9].contains(&r.path)),
+        "extra-buffer records despite --no-repack"
+    );
+    assert!(recs.iter().all(|r| r.flags & flags::REPACKED == 0));
 }

@@ -127,6 +127,9 @@ pub struct Meta {
     pub threads: u32,
     pub mmap: bool,
     pub repack: bool,
+    /// Whether the AMX extra buffer type was allowed (`--no-amx` clears it).
+    #[serde(default)]
+    pub amx: bool,
     pub llama_cpp: String,
     pub llama_cpp_patches: String,
     pub command_line: Vec<String>,

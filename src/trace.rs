@@ -75,6 +75,8 @@ struct HookState {
     weights: HashMap<usize, u32>,
     /// Per id: layer and whether the copy read is repacked.
     info: Vec<(i16, bool)>,
+    /// Per weight id: its name as ggml spells it, padded to the record field.
+    names: Vec<[u8; 32]>,
     registry: Arc<Mutex<Registry>>,
     /// Runtime tensor name -> id.
     runtime: Mutex<HashMap<Box<[u8]>, u32>>,
@@ -357,8 +359,12 @@ unsafe extern "C" fn ggml_trace_hook(ev: *const ffi::ggml_cpu_trace_event) {
         act_bytes: ev.act_bytes,
         name: [0; 32],
     };
-    // "Path A": the name as ggml itself spells it, not the registry's copy.
-    r.set_name(name_bytes(base));
+    // "Path A": the name as ggml itself spells it, not the registry's copy
+    // (for a tagged weight, copied from its tensor when the session started).
+    match st.names.get(id as usize) {
+        Some(n) if weight_tag(src) == Some(id) => r.name = *n,
+        _ => r.set_name(name_bytes(base)),
+    }
     sink::record(r);
 }
 
@@ -510,6 +516,17 @@ impl TraceSession {
             info,
             registry: registry.clone(),
             runtime: Mutex::new(HashMap::new()),
+            names: structs
+                .iter()
+                .map(|&p| {
+                    // SAFETY: model weights, live as long as the model.
+                    let b = name_bytes(unsafe { &*(p as *const ffi::ggml_tensor) });
+                    let mut n = [0u8; 32];
+                    let k = b.len().min(32);
+                    n[..k].copy_from_slice(&b[..k]);
+                    n
+                })
+                .collect(),
         }));
         sink::install(sink.clone());
         STATE.store(state, Ordering::Release);

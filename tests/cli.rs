@@ -483,7 +483,14 @@ fn trace_survives_sigkill_mid_decode() {
         })
         .filter(|r| r.flags & flags::VALID != 0)
         .count() as u64;
-    assert_eq!(valid, h.complete);
+    // `complete` is published after each batch is written: a kill between the
+    // two leaves at most that batch VALID but not yet counted.
+    assert!(
+        valid >= h.complete && valid <= h.records,
+        "valid {valid} complete {} records {}",
+        h.complete,
+        h.records
+    );
 }
 
 fn unsafe_kill(pid: u32) {

@@ -3,13 +3,22 @@
 //! Hot path: a hook builds a [`TraceRecord`] and calls [`record`]. That
 //! appends to a pre-sized buffer owned by the calling thread (no allocation,
 //! and the buffer's lock is only ever contended by a flush at a decode
-//! boundary, when the engine's workers are idle). A full buffer is copied into
-//! the file in one go: a lock-free reservation of slots on an atomic cursor,
-//! a copy, then the VALID flag of each record and the header's `complete`
-//! counter. Records that do not fit are counted in `dropped`, never silently
-//! lost. [`flush_all`] empties every thread's buffer; the engine calls it
-//! after every decode step and at exit, so a process killed mid-decode leaves
-//! a file whose header says how many records are complete.
+//! boundary, when the engine's workers are idle). A full buffer goes into the
+//! file in one go: a lock-free reservation of slots on the atomic cursor that
+//! lives in the shared mapping of the header, one positioned write of the
+//! records (each already marked VALID) into those slots, then the header's
+//! `complete` counter. Records that do not fit are counted in `dropped`, never
+//! silently lost. [`flush_all`] empties every thread's buffer; the engine
+//! calls it after every decode step and at exit, so a process killed
+//! mid-decode leaves a file whose header says how many records are complete.
+//!
+//! Why a positioned write and not a copy into the mapping: the file is sparse,
+//! and every fresh page touched through a mapping must first be zero-filled by
+//! the kernel; a write of whole pages skips that. Measured on SmolLM2 Q4_K_M
+//! (2705 records per decode step) the boundary flush went from 0.23-0.5 ms to
+//! 0.16 ms per step. Records never straddle a page (the 256-byte header and
+//! the 128-byte records divide 4 KiB), so a write cut short by a kill ends
+//! between records, and a reader after a crash sees only complete ones.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -53,10 +62,6 @@ pub struct TraceSink {
     capacity: u64,
     emitted: AtomicU64,
     start_mono_ns: u64,
-    /// File byte offset up to which pages have been pre-faulted.
-    populated: AtomicU64,
-    /// Cursor at the previous pre-fault, to size the next window.
-    last_cursor: AtomicU64,
 }
 
 // SAFETY: `base` points into the mapping owned by `map`, which lives as long
@@ -116,8 +121,6 @@ impl TraceSink {
             capacity,
             emitted: AtomicU64::new(0),
             start_mono_ns,
-            populated: AtomicU64::new(0),
-            last_cursor: AtomicU64::new(0),
         }))
     }
 
@@ -160,61 +163,33 @@ impl TraceSink {
         if lost > 0 {
             self.counter(OFF_DROPPED).fetch_add(lost, Ordering::Relaxed);
         }
-        for (i, r) in recs[..take as usize].iter().enumerate() {
-            let mut r = *r;
-            r.flags &= !flags::VALID;
-            let slot = HEADER_SIZE + (cur as usize + i) * RECORD_SIZE;
-            // SAFETY: slots [cur, cur+take) were reserved by the CAS above for
-            // this call alone and lie inside the mapping (cur+take <= capacity).
-            // The flags word (offset 76) is written last, atomically, so a
-            // reader after a crash sees VALID only on a complete record.
-            unsafe {
-                let dst = self.base.add(slot);
-                std::ptr::copy_nonoverlapping(r.as_bytes().as_ptr(), dst, RECORD_SIZE);
-                (*(dst.add(76) as *const AtomicU32))
-                    .store(r.flags | flags::VALID, Ordering::Release);
+        if take > 0 {
+            // Records carry VALID from `record`; a 4 KiB page holds exactly 32
+            // slots (the 256-byte header is a multiple of 128), so a write cut
+            // short by a kill can only end between records.
+            // SAFETY: TraceRecord is repr(C), 128 bytes, no padding: the
+            // slice is `take * 128` initialised bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(recs.as_ptr() as *const u8, take as usize * RECORD_SIZE)
+            };
+            use std::os::unix::fs::FileExt;
+            match self
+                .file
+                .write_all_at(bytes, (HEADER_SIZE + cur as usize * RECORD_SIZE) as u64)
+            {
+                Ok(()) => {
+                    self.counter(OFF_COMPLETE)
+                        .fetch_add(take, Ordering::Release);
+                }
+                Err(_) => {
+                    // The slots stay reserved but never become complete; the
+                    // records count as dropped so the loss is visible.
+                    self.counter(OFF_DROPPED).fetch_add(take, Ordering::Relaxed);
+                    return 0;
+                }
             }
         }
-        self.counter(OFF_COMPLETE)
-            .fetch_add(take, Ordering::Release);
         take as usize
-    }
-
-    /// Fault in the file pages the next records will land in (twice what the
-    /// last interval wrote, at least 4 MiB), so that the page faults of a
-    /// fresh sparse file are taken here, between decode steps, in one batch,
-    /// and not one by one inside the engine's worker threads.
-    pub fn prefault_ahead(&self) {
-        if std::env::var_os("CKTRACE_NO_PREFAULT").is_some() {
-            return;
-        }
-        let cur = self.counter(OFF_RECORDS).load(Ordering::Relaxed);
-        let last = self.last_cursor.swap(cur, Ordering::Relaxed);
-        let window = ((cur.saturating_sub(last)) * 2 * RECORD_SIZE as u64).max(4 << 20);
-        let end_file = HEADER_SIZE as u64 + self.capacity * RECORD_SIZE as u64;
-        let from = (HEADER_SIZE as u64 + cur * RECORD_SIZE as u64)
-            .max(self.populated.load(Ordering::Relaxed));
-        let to = (HEADER_SIZE as u64 + cur * RECORD_SIZE as u64 + window).min(end_file);
-        if to <= from {
-            return;
-        }
-        let page = 4096u64;
-        let (a, b) = (from / page * page, to.div_ceil(page) * page);
-        let b = b.min(end_file.div_ceil(page) * page);
-        // SAFETY: [a, b) lies inside our mapping (page-rounded ends of a
-        // range within the file's size); MADV_POPULATE_WRITE only faults the
-        // pages in (their content, zero or already written, is unchanged).
-        // Kernels without it return EINVAL, which we ignore.
-        let rc = unsafe {
-            libc::madvise(
-                self.base.add(a as usize) as *mut libc::c_void,
-                (b - a) as usize,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
-        if rc == 0 {
-            self.populated.fetch_max(b, Ordering::Relaxed);
-        }
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -325,6 +300,8 @@ pub fn record(rec: TraceRecord) {
                 b
             });
             let mut g = buf.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rec = rec;
+            rec.flags |= flags::VALID;
             g.recs.push(rec);
             if g.recs.len() >= LOCAL_CAPACITY {
                 with_active(|s| s.write(&g.recs));
@@ -352,7 +329,6 @@ pub fn flush_all() {
             g.recs.clear();
         }
     }
-    with_active(|s| s.prefault_ahead());
 }
 
 #[cfg(test)]

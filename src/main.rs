@@ -367,30 +367,14 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
     drop(lock);
     if let Some(mut s) = session {
         let meta = Meta {
-            version: 1,
-            engine: "ggml".into(),
-            model_path: std::fs::canonicalize(&path)
-                .unwrap_or(path.clone())
-                .display()
-                .to_string(),
             model_sha256: models::sha256_file(&path)
                 .with_context(|| format!("hashing {}", path.display()))?,
-            arch: model.arch(),
-            n_layer: model.n_layer(),
-            prompt: text.clone(),
             prompt_tokens: out.prompt_tokens.clone(),
             step_tokens: out.step_tokens.clone(),
             generated_tokens: out.tokens.clone(),
-            threads: a.threads as u32,
-            mmap: !a.load.no_mmap,
-            repack: !a.load.no_repack,
-            amx: !a.load.no_amx,
-            llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
-            llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
-            command_line: std::env::args().collect(),
-            records: 0,
-            dropped: 0,
+            ..run_meta(&path, &model, a.threads, &a.load, &text)
         };
+
         let st = s.finish(meta)?;
         let root = cktrace::trace_root();
         let _ = std::fs::create_dir_all(&root);
@@ -426,22 +410,7 @@ fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
         ignore_eos: true,
     };
     let dir = a.dir.clone().unwrap_or_else(|| default_trace_dir(&path));
-    let meta = Meta {
-        version: 1,
-        engine: "ggml".into(),
-        model_path: path.display().to_string(),
-        arch: model.arch(),
-        n_layer: model.n_layer(),
-        prompt: a.prompt.clone(),
-        threads: a.threads as u32,
-        mmap: !a.load.no_mmap,
-        repack: !a.load.no_repack,
-        amx: !a.load.no_amx,
-        llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
-        llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
-        command_line: std::env::args().collect(),
-        ..Default::default()
-    };
+    let meta = run_meta(&path, &model, a.threads, &a.load, &a.prompt);
     let rep = cktrace::census::run(&model, cparams, &params, &dir, meta)?;
     // Kernel path per weight, grouped by (dtype, buffer type, paths).
     let mut summary: std::collections::BTreeMap<String, usize> = Default::default();
@@ -472,6 +441,29 @@ fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
         }
         println!("census: {} failures", rep.failures.len());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The facts of a traced run that are known before it starts.
+fn run_meta(path: &Path, model: &Model, threads: i32, load: &LoadArgs, prompt: &str) -> Meta {
+    Meta {
+        version: 1,
+        engine: "ggml".into(),
+        model_path: std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string(),
+        arch: model.arch(),
+        n_layer: model.n_layer(),
+        prompt: prompt.to_string(),
+        threads: threads as u32,
+        mmap: !load.no_mmap,
+        repack: !load.no_repack,
+        amx: !load.no_amx,
+        llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
+        llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
+        command_line: std::env::args().collect(),
+        ..Default::default()
     }
 }
 

@@ -6,9 +6,10 @@
 //!
 //! Everything is little-endian. The file is `HEADER_SIZE` bytes of header,
 //! then `capacity` slots of `RECORD_SIZE` bytes. Writers reserve slots with an
-//! atomic cursor, fill them, and only then set [`flags::VALID`] in the record,
-//! so a reader of a file whose writer was killed can tell complete slots from
-//! reserved-but-unwritten ones.
+//! atomic cursor and write each record whole, with [`flags::VALID`] set; a
+//! reserved slot that was never written stays zero. A 4 KiB page holds exactly
+//! 32 slots, so a writer killed mid-write leaves whole records only, and a
+//! reader can tell complete slots from reserved-but-unwritten ones.
 
 /// `trace.bin` starts with these 8 bytes.
 pub const MAGIC: [u8; 8] = *b"CKTRACE\0";
@@ -337,7 +338,8 @@ impl TraceHeader {
 
 /// Record flag bits.
 pub mod flags {
-    /// Set last by the writer: the slot holds a complete record.
+    /// Set on every record written: the slot holds a complete record (a
+    /// reserved slot that was never written is all zero).
     pub const VALID: u32 = 1 << 31;
     /// The `len` bytes were read as rows at the tensor's row stride (e.g. a
     /// view of one KV head, or several heads' planes), starting at `offset`.

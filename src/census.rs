@@ -99,6 +99,8 @@ pub fn enumerate(
                     }
                 }
             },
+            // SAFETY: src[2] of MUL_MAT_ID is the live I32 ids tensor
+            // [n_used, n_tokens]; we read it through its own strides.
             Op::MulMatId => unsafe {
                 let idt = &*t.src[2];
                 let n_expert = src0.ne[2] as usize;
@@ -452,9 +454,6 @@ pub fn run(
     meta: Meta,
 ) -> Result<CensusReport> {
     let (nodes, tokens_a) = enumerate(model, cparams, params)?;
-    if std::env::var_os("CKTRACE_DEBUG_CENSUS").is_some() {
-        debug_nodes(&nodes);
-    }
     let mut session = TraceSession::start(
         dir,
         model,
@@ -478,11 +477,4 @@ pub fn run(
         ));
     }
     Ok(rep)
-}
-
-#[doc(hidden)]
-pub fn debug_nodes(nodes: &[NodeSeen]) {
-    for n in nodes.iter().filter(|n| n.step == 0 && n.op == Op::GetRows) {
-        eprintln!("{:?}", n);
-    }
 }

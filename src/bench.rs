@@ -185,25 +185,34 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     }
 }
 
-fn bench_decode(a: &BenchArgs) -> Result<()> {
-    let s = setup(a)?;
-    let mut ctx = Context::new(&s.model, cparams(a), None)?;
-    let prompt = s.model.tokenize(&a.prompt, true)?;
-    let params = GenParams {
+/// Greedy generation of `a.n` decode steps that never stops early.
+fn bench_params(a: &BenchArgs) -> GenParams {
+    GenParams {
         prompt: a.prompt.clone(),
         n_predict: a.n + 1,
         temp: 0.0,
         seed: 1,
         ignore_eos: true,
-    };
+    }
+}
+
+fn print_header(what: &str, a: &BenchArgs, model: &Model, how: &str) {
     println!(
-        "bench decode: {} ({}), {} threads, {} decode steps x {} reps, alternating",
+        "bench {what}: {} ({}), {} threads, {} decode steps x {} reps, {how}",
         a.model.display(),
-        s.model.desc(),
+        model.desc(),
         a.threads,
         a.n,
         a.reps
     );
+}
+
+fn bench_decode(a: &BenchArgs) -> Result<()> {
+    let s = setup(a)?;
+    let mut ctx = Context::new(&s.model, cparams(a), None)?;
+    let prompt = s.model.tokenize(&a.prompt, true)?;
+    let params = bench_params(a);
+    print_header("decode", a, &s.model, "alternating");
     plain_loop(&mut ctx, &prompt, 8)?; // warm-up: page in weights, start the pool
     let (mut plain, mut run) = (Vec::new(), Vec::new());
     for _ in 0..a.reps {
@@ -251,22 +260,9 @@ impl<H: crate::generate::StepHook> crate::generate::StepHook for TimedHook<'_, H
 fn bench_trace(a: &BenchArgs) -> Result<()> {
     let s = setup(a)?;
     let mut ctx = Context::new(&s.model, cparams(a), None)?;
-    let params = GenParams {
-        prompt: a.prompt.clone(),
-        n_predict: a.n + 1,
-        temp: 0.0,
-        seed: 1,
-        ignore_eos: true,
-    };
+    let params = bench_params(a);
     let tmp = std::env::temp_dir().join(format!("cktrace-bench-{}", std::process::id()));
-    println!(
-        "bench trace: {} ({}), {} threads, {} decode steps x {} reps, alternating off/on",
-        a.model.display(),
-        s.model.desc(),
-        a.threads,
-        a.n,
-        a.reps
-    );
+    print_header("trace", a, &s.model, "alternating off/on");
     generate(&mut ctx, &params, &mut NoHook, |_| {})?; // warm-up
     ctx.clear();
     let (mut off, mut on, mut per_rec, mut flush_s) =
@@ -295,8 +291,8 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
             bail!("{} records dropped during the benchmark", st.dropped);
         }
         // Records of the decode steps only (the timed part).
-        let (_, recs) = crate::census::read_records(&dir.join("trace.bin"))?;
-        let n_dec = recs.iter().filter(|r| r.step > 0).count() as f64;
+        let trace = cktrace_parser::Trace::open(&dir)?;
+        let n_dec = trace.records().filter(|r| r.step > 0).count() as f64;
         recs_per_step = n_dec / t_on.n_decode as f64;
         off.push(t_off.decode_tps());
         on.push(t_on.decode_tps());

@@ -15,9 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, Result};
-use cktrace_tracer::format::{flags, HEADER_SIZE, RECORD_SIZE};
-use cktrace_tracer::{KernelPath, Meta, Op, Registry, TensorKind, TraceHeader, TraceRecord};
+use anyhow::Result;
+use cktrace_tracer::format::flags;
+use cktrace_tracer::{KernelPath, Meta, Op, Registry, TensorKind, TraceRecord};
 
 use crate::ffi;
 use crate::generate::{generate, GenParams, StepHook};
@@ -138,31 +138,6 @@ pub fn enumerate(
     Ok((v, out.tokens))
 }
 
-/// Read every complete record of a trace file.
-pub fn read_records(path: &Path) -> Result<(TraceHeader, Vec<TraceRecord>)> {
-    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(
-        b.len() >= HEADER_SIZE,
-        "{}: shorter than a trace header",
-        path.display()
-    );
-    let h = TraceHeader::from_bytes(b[..HEADER_SIZE].try_into().unwrap());
-    h.check()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let n = ((b.len() - HEADER_SIZE) / RECORD_SIZE).min(h.records as usize);
-    let recs = (0..n)
-        .map(|i| {
-            TraceRecord::from_bytes(
-                b[HEADER_SIZE + i * RECORD_SIZE..HEADER_SIZE + (i + 1) * RECORD_SIZE]
-                    .try_into()
-                    .unwrap(),
-            )
-        })
-        .filter(|r| r.flags & flags::VALID != 0)
-        .collect();
-    Ok((h, recs))
-}
-
 /// Whether rectangles `[r0,r1) x [c0,c1)` cover `[0,rows) x [0,cols)`
 /// exactly once. Returns a description of the first defect.
 pub fn tiling_defect(rects: &[(u64, u64, u64, u64)], rows: u64, cols: u64) -> Option<String> {
@@ -247,15 +222,11 @@ pub struct CensusReport {
 
 /// Check a trace bundle against the nodes of the eval pass.
 pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
-    let (h, recs) = read_records(&dir.join("trace.bin"))?;
-    let reg: Registry = serde_json::from_reader(
-        std::fs::File::open(dir.join("registry.json")).context("opening registry.json")?,
-    )
-    .context("parsing registry.json")?;
-    let meta: Meta = serde_json::from_reader(
-        std::fs::File::open(dir.join("meta.json")).context("opening meta.json")?,
-    )
-    .context("parsing meta.json")?;
+    let trace = cktrace_parser::Trace::open(dir)?;
+    let h = *trace.header();
+    let recs: Vec<TraceRecord> = trace.records().collect();
+    let reg: &Registry = trace.registry();
+    let meta: Meta = trace.meta().cloned().unwrap_or_default();
     let mut rep = CensusReport {
         nodes: nodes.len(),
         records: recs.len(),

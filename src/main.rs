@@ -246,20 +246,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Census(a) => cmd_census(a),
         Cmd::Parse(mut a) => {
-            a.dir = Some(cktrace_parser::cli::resolve_dir(
-                a.dir.take(),
-                &cktrace::trace_root(),
-            )?);
-            let code = a.run(&mut std::io::stdout().lock())?;
-            Ok(ExitCode::from(code as u8))
+            a.dir = Some(last_trace_or(a.dir.take())?);
+            Ok(ExitCode::from(a.run(&mut std::io::stdout().lock())? as u8))
         }
         Cmd::Export(mut a) => {
-            a.dir = Some(cktrace_parser::cli::resolve_dir(
-                a.dir.take(),
-                &cktrace::trace_root(),
-            )?);
-            let code = a.run(&mut std::io::stdout().lock())?;
-            Ok(ExitCode::from(code as u8))
+            a.dir = Some(last_trace_or(a.dir.take())?);
+            Ok(ExitCode::from(a.run(&mut std::io::stdout().lock())? as u8))
         }
         Cmd::TestModel { out, seed } => {
             let info = cktrace::testmodel::write_tiny_moe(&out, seed)?;
@@ -442,6 +434,11 @@ fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
         println!("census: {} failures", rep.failures.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `dir`, or the last trace written under the trace root.
+fn last_trace_or(dir: Option<PathBuf>) -> Result<PathBuf> {
+    cktrace_parser::cli::resolve_dir(dir, &cktrace::trace_root())
 }
 
 /// The facts of a traced run that are known before it starts.

@@ -403,6 +403,11 @@ impl Default for ContextParams {
 /// An inference context bound to a model.
 pub struct Context<'m> {
     ptr: NonNull<ffi::llama_context>,
+    /// The context's own worker threads, kept for its whole life. Without an
+    /// attached pool ggml starts and joins fresh threads for every graph
+    /// computation (every decode step), which costs time and gives every
+    /// step new threads (and new thread-local state) to trace.
+    pool: NonNull<ffi::ggml_threadpool>,
     model: &'m Model,
     // Keeps the eval callback alive as long as the context; the C side holds a
     // raw pointer to it.
@@ -449,8 +454,28 @@ impl<'m> Context<'m> {
         // SAFETY: model is valid and outlives the context ('m).
         let raw = unsafe { ffi::llama_init_from_model(model.as_ptr(), p) };
         let ptr = NonNull::new(raw).ok_or_else(|| LlamaError::Context(take_last_error()))?;
+        // SAFETY: plain-data params; the pool is attached to our context and
+        // freed in Drop after the context.
+        let pool = unsafe {
+            let mut tp = ffi::ggml_threadpool_params_default(params.threads);
+            let pool = ffi::ggml_threadpool_new(&mut tp);
+            match NonNull::new(pool) {
+                Some(pool) => {
+                    ffi::llama_attach_threadpool(raw, pool.as_ptr(), pool.as_ptr());
+                    pool
+                }
+                None => {
+                    ffi::llama_free(raw);
+                    return Err(LlamaError::Context(format!(
+                        "could not create a pool of {} threads",
+                        params.threads
+                    )));
+                }
+            }
+        };
         Ok(Context {
             ptr,
+            pool,
             model,
             _cb: boxed,
         })
@@ -522,8 +547,13 @@ impl<'m> Context<'m> {
 
 impl Drop for Context<'_> {
     fn drop(&mut self) {
-        // SAFETY: we own the context; the callback box is dropped after this.
-        unsafe { ffi::llama_free(self.ptr.as_ptr()) }
+        // SAFETY: we own the context and its pool; the pool outlives the
+        // context that uses it; the callback box is dropped after this.
+        unsafe {
+            ffi::llama_detach_threadpool(self.ptr.as_ptr());
+            ffi::llama_free(self.ptr.as_ptr());
+            ffi::ggml_threadpool_free(self.pool.as_ptr());
+        }
     }
 }
 

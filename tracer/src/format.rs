@@ -138,37 +138,40 @@ const _: () = assert!(std::mem::size_of::<TraceRecord>() == RECORD_SIZE);
 
 impl Default for TraceRecord {
     fn default() -> Self {
-        TraceRecord {
-            t_ns: 0,
-            dur_ns: 0,
-            step: 0,
-            pos: 0,
-            n_tokens: 0,
-            phase: 0,
-            engine: 0,
-            op: 0,
-            path: 0,
-            thread: 0,
-            n_threads: 0,
-            layer: -1,
-            tensor_id: NO_ID,
-            act_id: NO_ID,
-            offset: 0,
-            len: 0,
-            row0: 0,
-            row1: 0,
-            col0: 0,
-            col1: 0,
-            expert: -1,
-            flags: 0,
-            node: 0,
-            act_bytes: 0,
-            name: [0; NAME_LEN],
-        }
+        TraceRecord::EMPTY
     }
 }
 
 impl TraceRecord {
+    /// A record with no tensor, layer, expert or name (the `Default`).
+    pub const EMPTY: TraceRecord = TraceRecord {
+        t_ns: 0,
+        dur_ns: 0,
+        step: 0,
+        pos: 0,
+        n_tokens: 0,
+        phase: 0,
+        engine: 0,
+        op: 0,
+        path: 0,
+        thread: 0,
+        n_threads: 0,
+        layer: -1,
+        tensor_id: NO_ID,
+        act_id: NO_ID,
+        offset: 0,
+        len: 0,
+        row0: 0,
+        row1: 0,
+        col0: 0,
+        col1: 0,
+        expert: -1,
+        flags: 0,
+        node: 0,
+        act_bytes: 0,
+        name: [0; NAME_LEN],
+    };
+
     /// The name as a string, up to the first NUL.
     pub fn name_str(&self) -> &str {
         let end = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);

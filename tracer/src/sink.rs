@@ -1,16 +1,20 @@
 //! The mmap'd trace file and the thread-local record buffers that feed it.
 //!
-//! Hot path: a hook builds a [`TraceRecord`] and calls [`record`]. That
-//! appends to a pre-sized buffer owned by the calling thread (no allocation,
-//! and the buffer's lock is only ever contended by a flush at a decode
-//! boundary, when the engine's workers are idle). A full buffer goes into the
-//! file in one go: a lock-free reservation of slots on the atomic cursor that
-//! lives in the shared mapping of the header, one positioned write of the
-//! records (each already marked VALID) into those slots, then the header's
-//! `complete` counter. Records that do not fit are counted in `dropped`, never
-//! silently lost. [`flush_all`] empties every thread's buffer; the engine
-//! calls it after every decode step and at exit, so a process killed
-//! mid-decode leaves a file whose header says how many records are complete.
+//! Hot path: a hook takes the thread's buffer with [`with_writer`] once per
+//! batch of events and appends records with [`Writer::push_with`] (a copy of
+//! a template plus the fields that differ), or calls [`record`] for a single
+//! one. The buffer is pre-sized (no allocation after the first record), and
+//! its lock is only ever contended by a flush at a decode boundary, when the
+//! engine's workers are idle. A buffer goes into the file in one go: a
+//! lock-free reservation of slots on the atomic cursor that lives in the
+//! shared mapping of the header, one positioned write of the records (each
+//! already marked VALID) into those slots, then the header's `complete`
+//! counter. Records that do not fit are counted in `dropped`, never silently
+//! lost. Buffers are written when full, by [`flush_local`] (an engine calls
+//! it on each worker when the worker has finished its part of a graph), when
+//! their thread exits, and by [`flush_all`] after every decode step and at
+//! exit, so a process killed mid-decode leaves a file whose header says how
+//! many records are complete.
 //!
 //! Why a positioned write and not a copy into the mapping: the file is sparse,
 //! and every fresh page touched through a mapping must first be zero-filled by
@@ -25,7 +29,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::MmapMut;
 
@@ -233,11 +237,12 @@ struct LocalBuf {
 /// The sink records currently go to (null when tracing is off). Holds one
 /// strong count of the Arc it was made from.
 static ACTIVE: AtomicPtr<TraceSink> = AtomicPtr::new(std::ptr::null_mut());
-/// Every thread buffer ever created, so a flush can reach them all.
+/// The buffer of every live thread that has recorded, so a flush can reach
+/// them all (a thread removes its own when it exits).
 static BUFFERS: Mutex<Vec<Arc<Mutex<LocalBuf>>>> = Mutex::new(Vec::new());
 
 thread_local! {
-    static LOCAL: RefCell<Option<Arc<Mutex<LocalBuf>>>> = const { RefCell::new(None) };
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
 }
 
 /// Direct records to `sink` (replacing any previous one).
@@ -284,38 +289,125 @@ pub fn active() -> bool {
 /// the thread's first record; never panics (a call during thread teardown is
 /// counted as emitted and dropped).
 pub fn record(rec: TraceRecord) {
-    let ok = LOCAL
+    record_with(&rec, |_| {});
+}
+
+/// Append a record built in place: the thread's next slot starts as a copy of
+/// `template` and `fill` sets the fields that differ. Otherwise as [`record`].
+#[inline]
+pub fn record_with(template: &TraceRecord, fill: impl FnOnce(&mut TraceRecord)) {
+    if with_writer(|w| w.push_with(template, fill)).is_none() {
+        count_dropped(1);
+    }
+}
+
+/// The calling thread's buffer, held for a batch of records (the hot path of
+/// the hooks: one lock per batch, one 128-byte copy per record).
+pub struct Writer<'a> {
+    g: MutexGuard<'a, LocalBuf>,
+}
+
+impl Writer<'_> {
+    /// Append a record: a copy of `template` that `fill` completes.
+    #[inline]
+    pub fn push_with(&mut self, template: &TraceRecord, fill: impl FnOnce(&mut TraceRecord)) {
+        let recs = &mut self.g.recs;
+        recs.push(*template);
+        if let Some(r) = recs.last_mut() {
+            fill(r);
+            r.flags |= flags::VALID;
+        }
+        if recs.len() >= LOCAL_CAPACITY {
+            self.flush();
+        }
+    }
+
+    /// Write the buffered records into the file now.
+    pub fn flush(&mut self) {
+        let recs = &mut self.g.recs;
+        if !recs.is_empty() {
+            with_active(|s| s.write(recs));
+            recs.clear();
+        }
+    }
+}
+
+/// Write the calling thread's buffered records into the file. An engine
+/// calls this on each of its workers when the worker has finished its part
+/// of a graph: the records leave from the core that wrote them (a flush from
+/// another thread would pull every record's cache lines across cores, and
+/// the next records written into the buffer back again), and the workers
+/// write in parallel.
+pub fn flush_local() {
+    with_writer(|w| w.flush());
+}
+
+/// Run `f` with this thread's buffer. `None` during thread teardown, when the
+/// buffer is gone: the caller must then count its records with
+/// [`count_dropped`].
+#[inline]
+pub fn with_writer<R>(f: impl FnOnce(&mut Writer) -> R) -> Option<R> {
+    LOCAL
         .try_with(|cell| {
-            let Ok(mut slot) = cell.try_borrow_mut() else {
-                return false;
+            let mut slot = cell.try_borrow_mut().ok()?;
+            let buf = slot.get_or_insert_with(new_local);
+            let mut w = Writer {
+                g: buf.lock().unwrap_or_else(|e| e.into_inner()),
             };
-            let buf = slot.get_or_insert_with(|| {
-                let b = Arc::new(Mutex::new(LocalBuf {
-                    recs: Vec::with_capacity(LOCAL_CAPACITY),
-                }));
-                BUFFERS
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(b.clone());
-                b
-            });
-            let mut g = buf.lock().unwrap_or_else(|e| e.into_inner());
-            let mut rec = rec;
-            rec.flags |= flags::VALID;
-            g.recs.push(rec);
-            if g.recs.len() >= LOCAL_CAPACITY {
+            Some(f(&mut w))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Count `n` records as emitted and dropped (they could not be buffered).
+pub fn count_dropped(n: u64) {
+    with_active(|s| {
+        s.emitted.fetch_add(n, Ordering::Relaxed);
+        s.counter(OFF_DROPPED).fetch_add(n, Ordering::Relaxed);
+    });
+}
+
+/// A thread's handle on its buffer. When the thread exits, its records go
+/// into the file and the buffer leaves [`BUFFERS`] (an engine that starts
+/// threads per computation would otherwise leave one buffer per thread
+/// behind, and every flush would walk them all).
+struct Local(Arc<Mutex<LocalBuf>>);
+
+impl std::ops::Deref for Local {
+    type Target = Mutex<LocalBuf>;
+    fn deref(&self) -> &Mutex<LocalBuf> {
+        &self.0
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if !g.recs.is_empty() {
                 with_active(|s| s.write(&g.recs));
                 g.recs.clear();
             }
-            true
-        })
-        .unwrap_or(false);
-    if !ok {
-        with_active(|s| {
-            s.emitted.fetch_add(1, Ordering::Relaxed);
-            s.counter(OFF_DROPPED).fetch_add(1, Ordering::Relaxed);
-        });
+        }
+        BUFFERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|b| !Arc::ptr_eq(b, &self.0));
     }
+}
+
+/// A new thread buffer, registered so that [`flush_all`] reaches it.
+#[cold]
+fn new_local() -> Local {
+    let b = Arc::new(Mutex::new(LocalBuf {
+        recs: Vec::with_capacity(LOCAL_CAPACITY),
+    }));
+    BUFFERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(b.clone());
+    Local(b)
 }
 
 /// Copy every thread's pending records into the sink. Call when the engine's
@@ -345,6 +437,10 @@ mod tests {
         }
     }
 
+    fn sink_stats() -> SinkStats {
+        with_active(|s| s.stats()).unwrap()
+    }
+
     fn header(path: &Path) -> TraceHeader {
         let b = std::fs::read(path).unwrap();
         TraceHeader::from_bytes(b[..HEADER_SIZE].try_into().unwrap())
@@ -368,6 +464,15 @@ mod tests {
                 });
             }
         });
+        // When the threads have exited (their thread-local destructors run
+        // just after `scope` sees them finish) their records have gone out
+        // with them, and their buffers have left the flush list.
+        let t = std::time::Instant::now();
+        while BUFFERS.lock().unwrap().len() > 0 && t.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(BUFFERS.lock().unwrap().len(), 0);
+        assert_eq!(sink_stats().written, 20_000);
         let sink = uninstall().unwrap();
         let st = sink.finish().unwrap();
         assert_eq!(

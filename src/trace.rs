@@ -223,7 +223,7 @@ impl HookState {
         self.resolve_slow(t)
     }
 
-    /// The memo entry of a node not seen yet in this graph computation.
+    /// A memo entry for a node this thread has no valid entry for.
     #[cold]
     fn memo(&self, ev: &ffi::ggml_cpu_trace_event, src: &ffi::ggml_tensor, stamp: u64) -> Memo {
         // SAFETY: a live node; its op and name are not written while it is
@@ -393,8 +393,10 @@ unsafe extern "C" fn ggml_trace_hook(evs: *const ffi::ggml_cpu_trace_event, n: s
             };
             let table = m.get_or_insert_with(|| vec![MEMO_EMPTY; MEMO_SLOTS].into_boxed_slice());
             let written = sink::with_writer(|w| {
+                let mut malformed = 0;
                 for ev in evs {
                     if ev.src.is_null() || ev.node.is_null() {
+                        malformed += 1;
                         continue;
                     }
                     // SAFETY: non-null and live for the call (see above).
@@ -414,6 +416,11 @@ unsafe extern "C" fn ggml_trace_hook(evs: *const ffi::ggml_cpu_trace_event, n: s
                     }
                     w.push_with(&slot.template, |r| fill(r, ev, &step, slot.off, st.start_mono_ns));
                 }
+                // An event without its tensors cannot become a record; count
+                // it rather than lose it silently (the patch never sends one).
+                if malformed > 0 {
+                    sink::count_dropped(malformed);
+                }
             });
             if written.is_none() {
                 sink::count_dropped(evs.len() as u64);
@@ -425,6 +432,7 @@ unsafe extern "C" fn ggml_trace_hook(evs: *const ffi::ggml_cpu_trace_event, n: s
         // Thread teardown: no memo; build each record from scratch.
         for ev in evs {
             if ev.src.is_null() || ev.node.is_null() {
+                sink::count_dropped(1);
                 continue;
             }
             // SAFETY: non-null and live for the call (see above).

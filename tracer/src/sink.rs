@@ -334,10 +334,8 @@ impl Writer<'_> {
 
 /// Write the calling thread's buffered records into the file. An engine
 /// calls this on each of its workers when the worker has finished its part
-/// of a graph: the records leave from the core that wrote them (a flush from
-/// another thread would pull every record's cache lines across cores, and
-/// the next records written into the buffer back again), and the workers
-/// write in parallel.
+/// of a graph, so each buffer is written by the thread (and core) that fills
+/// it, and the records of a graph are in the file when the decode returns.
 pub fn flush_local() {
     with_writer(|w| w.flush());
 }

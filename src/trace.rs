@@ -362,7 +362,10 @@ unsafe fn set_weight_tag(t: *mut ffi::ggml_tensor, id: Option<u32>) {
 
 /// The hook ggml calls with a batch of one thread's events (see the patch's
 /// `trace.h`): each becomes one record in that thread's buffer.
-unsafe extern "C" fn ggml_trace_hook(evs: *const ffi::ggml_cpu_trace_event, n: std::os::raw::c_int) {
+unsafe extern "C" fn ggml_trace_hook(
+    evs: *const ffi::ggml_cpu_trace_event,
+    n: std::os::raw::c_int,
+) {
     let st = STATE.load(Ordering::Acquire);
     if st.is_null() {
         return;
@@ -414,7 +417,9 @@ unsafe extern "C" fn ggml_trace_hook(evs: *const ffi::ggml_cpu_trace_event, n: s
                         *slot = st.memo(ev, src, stamp);
                         node_word.store(stamp, Ordering::Relaxed);
                     }
-                    w.push_with(&slot.template, |r| fill(r, ev, &step, slot.off, st.start_mono_ns));
+                    w.push_with(&slot.template, |r| {
+                        fill(r, ev, &step, slot.off, st.start_mono_ns)
+                    });
                 }
                 // An event without its tensors cannot become a record; count
                 // it rather than lose it silently (the patch never sends one).
@@ -745,4 +750,3 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
-

@@ -1277,7 +1277,7 @@ fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
 mod tests {
     use super::*;
     use crate::ffi;
-    use std::ffi::{CStr, CString};
+    use std::ffi::CStr;
 
     fn models_dir() -> PathBuf {
         let home = std::env::var_os("HOME").unwrap_or_default();
@@ -1449,33 +1449,11 @@ mod tests {
     /// (name, absolute offset, size) of every tensor according to ggml's
     /// gguf reader.
     fn ggml_offsets(path: &Path) -> Vec<(String, u64, u64)> {
-        let c_path = CString::new(path.to_str().unwrap()).unwrap();
-        let params = ffi::gguf_init_params {
-            no_alloc: true,
-            ctx: std::ptr::null_mut(),
-        };
-        // SAFETY: `c_path` is a NUL-terminated path; with a NULL `ctx` ggml
-        // only parses the header and returns NULL on failure.
-        let ctx = unsafe { ffi::gguf_init_from_file(c_path.as_ptr(), params) };
-        assert!(!ctx.is_null(), "ggml could not read {}", path.display());
-        // SAFETY: `ctx` is a live gguf_context and every tensor id is below
-        // gguf_get_n_tensors; names are NUL-terminated strings owned by ctx,
-        // copied before gguf_free.
-        unsafe {
-            let base = ffi::gguf_get_data_offset(ctx) as u64;
-            let out = (0..ffi::gguf_get_n_tensors(ctx))
-                .map(|i| {
-                    let name = CStr::from_ptr(ffi::gguf_get_tensor_name(ctx, i))
-                        .to_str()
-                        .unwrap()
-                        .to_string();
-                    let off = base + ffi::gguf_get_tensor_offset(ctx, i) as u64;
-                    (name, off, ffi::gguf_get_tensor_size(ctx, i) as u64)
-                })
-                .collect();
-            ffi::gguf_free(ctx);
-            out
-        }
+        crate::llama::gguf_tensors(path)
+            .unwrap_or_else(|e| panic!("ggml could not read {}: {e}", path.display()))
+            .into_iter()
+            .map(|t| (t.name, t.file_offset, t.bytes))
+            .collect()
     }
 
     #[test]

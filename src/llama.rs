@@ -720,8 +720,14 @@ pub fn type_name(t: ffi::ggml_type) -> String {
 
 /// The name of a ggml tensor.
 pub fn tensor_name(t: &ffi::ggml_tensor) -> &str {
-    // SAFETY: `name` is a fixed char array that ggml keeps NUL-terminated.
-    let bytes = unsafe { std::slice::from_raw_parts(t.name.as_ptr() as *const u8, t.name.len()) };
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    std::str::from_utf8(&bytes[..end]).unwrap_or("")
+    std::str::from_utf8(c_chars(&t.name)).unwrap_or("")
+}
+
+/// A fixed-size C char array field (a tensor name) as bytes, up to its first
+/// NUL.
+pub fn c_chars(field: &[std::os::raw::c_char]) -> &[u8] {
+    // SAFETY: c_char and u8 have the same size and layout.
+    let b = unsafe { std::slice::from_raw_parts(field.as_ptr() as *const u8, field.len()) };
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..end]
 }

@@ -86,8 +86,6 @@ fn memo_slot(node: usize) -> usize {
 struct HookState {
     generation: u64,
     start_mono_ns: u64,
-    /// Weight tensor address -> registry id.
-    weights: FxHashMap<usize, u32>,
     /// Per id: layer and whether the copy read is repacked.
     info: Vec<(i16, bool)>,
     /// Per weight id: its name as ggml spells it, padded to the record field.
@@ -109,15 +107,7 @@ thread_local! {
 }
 
 fn name_bytes(t: &ffi::ggml_tensor) -> &[u8] {
-    cstr_bytes(&t.name)
-}
-
-/// A fixed-size C string field up to its first NUL.
-fn cstr_bytes(name: &[std::os::raw::c_char]) -> &[u8] {
-    // SAFETY: c_char and u8 have the same size and layout.
-    let b = unsafe { std::slice::from_raw_parts(name.as_ptr() as *const u8, name.len()) };
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    &b[..end]
+    llama::c_chars(&t.name)
 }
 
 fn buft_name(t: &ffi::ggml_tensor) -> String {
@@ -250,7 +240,7 @@ impl HookState {
         let layer = if layer >= 0 {
             layer
         } else {
-            std::str::from_utf8(cstr_bytes(&node_name))
+            std::str::from_utf8(llama::c_chars(&node_name))
                 .ok()
                 .and_then(layer_of)
                 .map(|l| l as i16)
@@ -293,11 +283,8 @@ impl HookState {
             base = unsafe { &*base.view_src };
         }
         let off = (t.data as u64).wrapping_sub(base.data as u64);
-        let weight = match weight_tag(base) {
-            Some(id) if (id as usize) < self.info.len() => Some(id),
-            _ => self.weights.get(&(base as *const _ as usize)).copied(),
-        };
-        if let Some(id) = weight {
+        // Every model weight is tagged when the session starts.
+        if let Some(id) = weight_tag(base).filter(|&id| (id as usize) < self.info.len()) {
             let (layer, repacked) = self.info[id as usize];
             return (base, off, id, layer, repacked);
         }
@@ -597,12 +584,6 @@ impl TraceSession {
         let (reg, structs) = model_registry(model)?;
         let sink = TraceSink::create(&dir.join("trace.bin"), capacity, Engine::Ggml, threads)
             .with_context(|| format!("creating {}", dir.join("trace.bin").display()))?;
-        // The hook sees `ggml_tensor` addresses: key weights by those.
-        let by_struct: FxHashMap<usize, u32> = structs
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| (p, i as u32))
-            .collect();
         let info = reg
             .tensors
             .iter()
@@ -622,7 +603,6 @@ impl TraceSession {
         let state = Box::into_raw(Box::new(HookState {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             start_mono_ns: sink.start_mono_ns(),
-            weights: by_struct,
             info,
             registry: registry.clone(),
             runtime: Mutex::new(FxHashMap::default()),

@@ -106,10 +106,9 @@ fn assert_english(name: &str, text: &str, min_words: usize) {
     );
 }
 
-#[test]
-fn run_smollm2_is_deterministic_coherent_english() {
-    let m = model("smollm2");
-    let args = [
+/// The generation check: `run MODEL -p Hello -n 32 -t 2 --seed 1 --temp 0`.
+fn hello_args(m: &Path) -> [&str; 12] {
+    [
         "run",
         m.to_str().unwrap(),
         "-p",
@@ -122,7 +121,13 @@ fn run_smollm2_is_deterministic_coherent_english() {
         "1",
         "--temp",
         "0",
-    ];
+    ]
+}
+
+#[test]
+fn run_smollm2_is_deterministic_coherent_english() {
+    let m = model("smollm2");
+    let args = hello_args(&m);
     let a = run(&args);
     assert!(a.status.success(), "{}", stderr(&a));
     let b = run(&args);
@@ -188,20 +193,7 @@ fn run_smollm2_is_deterministic_coherent_english() {
 fn run_other_models_are_deterministic() {
     for name in ["gemma3", "smollm2-q4km", "smollm2-q8"] {
         let m = model(name);
-        let args = [
-            "run",
-            m.to_str().unwrap(),
-            "-p",
-            "Hello",
-            "-n",
-            "32",
-            "-t",
-            "2",
-            "--seed",
-            "1",
-            "--temp",
-            "0",
-        ];
+        let args = hello_args(&m);
         let (a, b) = (run(&args), run(&args));
         assert!(a.status.success(), "{name}: {}", stderr(&a));
         let ta = generated(&a);

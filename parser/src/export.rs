@@ -126,7 +126,8 @@ fn hex<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{v:#x}"))
 }
 
-fn id(v: u32) -> i64 {
+/// A registry id as a column value: -1 for "none" ([`NO_ID`] on disk).
+pub(crate) fn id_column(v: u32) -> i64 {
     if v == NO_ID {
         -1
     } else {
@@ -158,7 +159,7 @@ impl<'a> Row<'a> {
             layer: r.layer,
             op: names::op(r.op),
             path: names::path(r.path),
-            tensor_id: id(r.tensor_id),
+            tensor_id: id_column(r.tensor_id),
             name,
             offset: r.offset,
             len: r.len,
@@ -167,7 +168,7 @@ impl<'a> Row<'a> {
             col0: r.col0,
             col1: r.col1,
             expert: r.expert,
-            act_id: id(r.act_id),
+            act_id: id_column(r.act_id),
             act_bytes: r.act_bytes,
             node: r.node,
             flags: r.flags,

@@ -466,7 +466,7 @@ mod tests {
         // just after `scope` sees them finish) their records have gone out
         // with them, and their buffers have left the flush list.
         let t = std::time::Instant::now();
-        while BUFFERS.lock().unwrap().len() > 0 && t.elapsed().as_secs() < 10 {
+        while !BUFFERS.lock().unwrap().is_empty() && t.elapsed().as_secs() < 10 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(BUFFERS.lock().unwrap().len(), 0);

@@ -20,7 +20,7 @@ use ::parquet::file::properties::WriterProperties;
 use ::parquet::file::writer::{SerializedFileWriter, SerializedRowGroupWriter};
 use ::parquet::schema::parser::parse_message_type;
 
-use crate::export::{progress, record_name};
+use crate::export::{id_column, progress, record_name};
 use crate::filter::Filter;
 use crate::names;
 use crate::reader::Trace;
@@ -249,11 +249,7 @@ fn write_parquet_groups(
         b.layer.push(r.layer as i32);
         b.op.push(ops[r.op as usize].clone());
         b.path.push(paths[r.path as usize].clone());
-        b.tensor_id.push(if r.tensor_id == u32::MAX {
-            -1
-        } else {
-            r.tensor_id as i64
-        });
+        b.tensor_id.push(id_column(r.tensor_id));
         b.offset.push(r.offset as i64);
         b.len.push(r.len as i64);
         b.row0.push(r.row0 as i64);
@@ -261,11 +257,7 @@ fn write_parquet_groups(
         b.col0.push(r.col0 as i64);
         b.col1.push(r.col1 as i64);
         b.expert.push(r.expert);
-        b.act_id.push(if r.act_id == u32::MAX {
-            -1
-        } else {
-            r.act_id as i64
-        });
+        b.act_id.push(id_column(r.act_id));
         b.act_bytes.push(r.act_bytes as i64);
         b.node.push(r.node as i64);
         b.flags.push(r.flags as i64);

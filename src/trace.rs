@@ -566,6 +566,8 @@ pub struct TraceSession {
     /// Weights whose padding carries a tag, to clear at the end.
     tagged: Vec<usize>,
     n_weights: usize,
+    /// Tensors in the registry.json on disk.
+    registry_saved: usize,
     finished: bool,
 }
 
@@ -626,15 +628,34 @@ impl TraceSession {
             ffi::ggml_cpu_set_trace_ops(trace_ops);
             ffi::ggml_cpu_set_trace_hook(Some(ggml_trace_hook));
         }
-        Ok(TraceSession {
+        let mut session = TraceSession {
             dir: dir.to_path_buf(),
             sink,
             registry,
             state,
             tagged: structs,
             n_weights,
+            registry_saved: 0,
             finished: false,
-        })
+        };
+        session.save_registry()?;
+        Ok(session)
+    }
+
+    /// Write registry.json if tensors were registered since it was last
+    /// written. The bundle of a run that is killed then still has the
+    /// registry of every record it holds, so `cktrace parse` can read it.
+    fn save_registry(&mut self) -> Result<()> {
+        let reg = {
+            let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            if self.registry_saved == reg.tensors.len() && self.registry_saved > 0 {
+                return Ok(());
+            }
+            reg.clone()
+        };
+        write_json(&self.dir.join("registry.json"), &reg)?;
+        self.registry_saved = reg.tensors.len();
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -673,12 +694,7 @@ impl TraceSession {
             // SAFETY: created by Box::into_raw in start; no longer reachable.
             drop(unsafe { Box::from_raw(st) });
         }
-        let reg = self
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        write_json(&self.dir.join("registry.json"), &reg)?;
+        self.save_registry()?;
         meta.records = stats.written;
         meta.dropped = stats.dropped;
         write_json(&self.dir.join("meta.json"), &meta)?;
@@ -721,12 +737,23 @@ impl StepHook for TraceSession {
     }
     fn after(&mut self, _step: u32) {
         sink::flush_all();
+        // Runtime tensors seen in this step join registry.json now (in
+        // practice during the first steps only). A failure here is reported
+        // by `finish`, which writes it again.
+        let _ = self.save_registry();
     }
 }
 
+/// Write `v` as JSON to `path`, whole or not at all (a temporary file renamed
+/// over it), so a reader never sees a half-written file.
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    serde_json::to_writer_pretty(std::io::BufWriter::new(f), v)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    serde_json::to_writer_pretty(&mut w, v)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::io::Write::flush(&mut w).with_context(|| format!("writing {}", tmp.display()))?;
+    drop(w);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -19,6 +19,8 @@ use anyhow::Result;
 use cktrace_tracer::format::flags;
 use cktrace_tracer::{KernelPath, Meta, Op, Registry, TensorKind, TraceRecord};
 
+use cktrace_parser::tiling::{self, Rect};
+
 use crate::ffi;
 use crate::generate::{generate, GenParams, StepHook};
 use crate::llama::{Context, ContextParams, Model};
@@ -138,77 +140,6 @@ pub fn enumerate(
     Ok((v, out.tokens))
 }
 
-/// Whether rectangles `[r0,r1) x [c0,c1)` cover `[0,rows) x [0,cols)`
-/// exactly once. Returns a description of the first defect.
-pub fn tiling_defect(rects: &[(u64, u64, u64, u64)], rows: u64, cols: u64) -> Option<String> {
-    if rects.is_empty() {
-        return Some("no records".into());
-    }
-    let mut rb: Vec<u64> = rects
-        .iter()
-        .flat_map(|r| [r.0, r.1])
-        .chain([0, rows])
-        .collect();
-    let mut cb: Vec<u64> = rects
-        .iter()
-        .flat_map(|r| [r.2, r.3])
-        .chain([0, cols])
-        .collect();
-    rb.sort_unstable();
-    rb.dedup();
-    cb.sort_unstable();
-    cb.dedup();
-    if *rb.last().unwrap() > rows || *cb.last().unwrap() > cols {
-        return Some(format!(
-            "a record reaches past the output ({rows} rows x {cols} cols)"
-        ));
-    }
-    let (nr, nc) = (rb.len() - 1, cb.len() - 1);
-    if nr.saturating_mul(nc) > 50_000_000 {
-        return Some(format!("grid too fine to check ({nr} x {nc})"));
-    }
-    let ri: HashMap<u64, usize> = rb.iter().enumerate().map(|(i, &v)| (v, i)).collect();
-    let ci: HashMap<u64, usize> = cb.iter().enumerate().map(|(i, &v)| (v, i)).collect();
-    // 2D difference array over the elementary grid.
-    let mut d = vec![0i32; (nr + 1) * (nc + 1)];
-    for &(r0, r1, c0, c1) in rects {
-        if r1 <= r0 || c1 <= c0 {
-            continue;
-        }
-        let (a, b, c, e) = (ri[&r0], ri[&r1], ci[&c0], ci[&c1]);
-        d[a * (nc + 1) + c] += 1;
-        d[a * (nc + 1) + e] -= 1;
-        d[b * (nc + 1) + c] -= 1;
-        d[b * (nc + 1) + e] += 1;
-    }
-    for i in 0..nr {
-        for j in 0..nc {
-            let mut v = d[i * (nc + 1) + j];
-            if i > 0 {
-                v += d[(i - 1) * (nc + 1) + j];
-            }
-            if j > 0 {
-                v += d[i * (nc + 1) + j - 1];
-            }
-            if i > 0 && j > 0 {
-                v -= d[(i - 1) * (nc + 1) + j - 1];
-            }
-            d[i * (nc + 1) + j] = v;
-            if v != 1 {
-                return Some(format!(
-                    "rows [{},{}) x cols [{},{}) covered {} times",
-                    rb[i],
-                    rb[i + 1],
-                    cb[j],
-                    cb[j + 1],
-                    v
-                ));
-            }
-        }
-    }
-    None
-}
-
 /// What the census found.
 #[derive(Debug, Default)]
 pub struct CensusReport {
@@ -283,8 +214,12 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
             groups.entry((r.step, r.node)).or_default().push(r);
         }
     }
-    // Key each group by (step, op, base tensor name).
-    let mut by_key: HashMap<(u32, u8, String), Vec<Vec<&TraceRecord>>> = HashMap::new();
+    // Key each group by (step, op, base tensor name). One weight can feed
+    // several nodes of a step; the eval pass lists them in execution order,
+    // so the traced groups of a key are put in the order they started
+    // (their first record's time, then node address for a tie): a pairing
+    // that does not depend on hash order.
+    let mut by_key: BTreeMap<(u32, u8, String), Vec<Vec<&TraceRecord>>> = BTreeMap::new();
     for ((step, _), g) in groups {
         let name = reg
             .get(g[0].tensor_id)
@@ -292,7 +227,10 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
             .unwrap_or_default();
         by_key.entry((step, g[0].op, name)).or_default().push(g);
     }
-    let mut expected: HashMap<(u32, u8, String), Vec<&NodeSeen>> = HashMap::new();
+    for gs in by_key.values_mut() {
+        gs.sort_by_key(|g| (g.iter().map(|r| r.t_ns).min(), g[0].node));
+    }
+    let mut expected: BTreeMap<(u32, u8, String), Vec<&NodeSeen>> = BTreeMap::new();
     for n in nodes {
         expected
             .entry((n.step, n.op as u8, n.src0.clone()))
@@ -324,21 +262,18 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
         for (n, g) in ns.iter().zip(gs) {
             match n.op {
                 Op::MulMat => {
-                    let rects: Vec<_> = g
-                        .iter()
-                        .map(|r| (r.row0 as u64, r.row1 as u64, r.col0 as u64, r.col1 as u64))
-                        .collect();
-                    if let Some(d) = tiling_defect(&rects, n.rows, n.cols) {
+                    let mut rects: Vec<Rect> = g.iter().map(|r| rect(r)).collect();
+                    if let Err(d) = tiling::check(&mut rects, n.rows, n.cols) {
                         rep.failures
                             .push(format!("step {} {} ({}): {}", n.step, n.name, n.src0, d));
                     }
                 }
                 Op::MulMatId => {
                     for (e, &cnt) in n.ids.iter().enumerate() {
-                        let rects: Vec<_> = g
+                        let mut rects: Vec<Rect> = g
                             .iter()
                             .filter(|r| r.expert == e as i32)
-                            .map(|r| (r.row0 as u64, r.row1 as u64, r.col0 as u64, r.col1 as u64))
+                            .map(|r| rect(r))
                             .collect();
                         if cnt == 0 {
                             if !rects.is_empty() {
@@ -350,7 +285,7 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
                             continue;
                         }
                         // rows of one expert = src0 ne1 = dst ne0
-                        if let Some(d) = tiling_defect(&rects, n.rows, cnt as u64) {
+                        if let Err(d) = tiling::check(&mut rects, n.rows, cnt as u64) {
                             rep.failures
                                 .push(format!("step {} {} expert {e}: {}", n.step, n.name, d));
                         }
@@ -410,6 +345,10 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
         }
     }
     Ok(rep)
+}
+
+fn rect(r: &TraceRecord) -> Rect {
+    Rect::new(r.row0, r.row1, r.col0, r.col1, 0)
 }
 
 fn trunc(v: &[i64]) -> Vec<i64> {

@@ -14,7 +14,7 @@ pub mod trace;
 #[path = "trace_stub.rs"]
 pub mod trace;
 
-pub mod gguf;
+pub use cktrace_ck::gguf;
 
 /// Records a trace can hold by default (a sparse file: 8 GiB of address
 /// space, only what is written uses disk).

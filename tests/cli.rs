@@ -4,54 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cktrace_tracer::format::{flags, TraceHeader, TraceRecord, HEADER_SIZE, RECORD_SIZE};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cktrace"));
-    c.env_remove("CKTRACE_LOG");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("spawn cktrace")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Fetch (once per test process) the catalogue models; returns name -> path.
-fn model(name: &str) -> PathBuf {
-    static FETCHED: OnceLock<()> = OnceLock::new();
-    FETCHED.get_or_init(|| {
-        let o = run(&[
-            "models",
-            "fetch",
-            "smollm2",
-            "gemma3",
-            "smollm2-q4km",
-            "smollm2-q8",
-        ]);
-        assert!(o.status.success(), "models fetch failed: {}", stderr(&o));
-    });
-    let o = run(&["models", "path", name]);
-    assert!(o.status.success(), "models path {name}: {}", stderr(&o));
-    PathBuf::from(stdout(&o).trim())
-}
-
-fn scratch(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("cktrace-test-{tag}-"))
-        .tempdir()
-        .unwrap()
-}
+mod common;
+use common::{bin, model, run, scratch, stderr, stdout};
 
 /// The generated text of a `cktrace run` (stdout minus the timing line).
 fn generated(o: &Output) -> String {

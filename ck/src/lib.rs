@@ -1,8 +1,16 @@
-//! cktrace-ck: the parts of cktrace that need no llama.cpp. Today that is
-//! the GGUF reader and writer, which both engines use; the fixed-layout
-//! engine (config, layout planner and arena, quantized kernels, ops,
-//! architectures, thread pool) grows here, so that it builds and tests in
-//! seconds without cmake.
+//! cktrace-ck: the parts of cktrace that need no llama.cpp: the GGUF reader
+//! and writer, which both engines use, and the fixed-layout engine (config,
+//! layout planner and arena, quantized kernels, ops, architectures, thread
+//! pool), so that it builds and tests in seconds without cmake.
 
+pub mod arena;
+pub mod config;
+pub mod error;
 pub mod gguf;
+pub mod layout;
+pub mod model;
+pub mod ops;
+pub mod pool;
 pub mod quant;
+
+pub use error::{CkError, Result};

@@ -1,0 +1,198 @@
+//! The two kinds of memory the ck engine reads: the arena it owns (one
+//! 64-byte-aligned allocation holding every activation, the KV cache, the
+//! scratch and, with `--weights copy`, the weights) and the read-only map of
+//! the model file. This module and the thread pool (and the SIMD kernels)
+//! are the only places with `unsafe`.
+//!
+//! The arena never hands out pointers: [`Arena::carve`] splits it into the
+//! disjoint byte slices of the planned regions (safe `split_at_mut`), and
+//! [`f32s`] / [`f32s_mut`] view a 4-byte-aligned byte slice as `f32`s.
+
+use std::alloc::{self, Layout as AllocLayout};
+use std::fs::File;
+use std::ops::Range;
+use std::path::Path;
+use std::ptr::NonNull;
+
+use crate::error::{CkError, Result};
+
+/// Alignment of the arena and of every region in it.
+pub const ARENA_ALIGN: usize = 64;
+
+/// The word written between regions ("CKCANARY" in ASCII, little-endian).
+pub const CANARY: u64 = u64::from_le_bytes(*b"CKCANARY");
+
+/// One zeroed, 64-byte-aligned allocation, freed on drop.
+pub struct Arena {
+    ptr: NonNull<u8>,
+    size: usize,
+}
+
+// SAFETY: the arena owns its allocation exclusively (like a Box<[u8]>);
+// access goes through &self / &mut self.
+unsafe impl Send for Arena {}
+// SAFETY: shared access only reads (bytes()).
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// Allocates `size` zeroed bytes (at least one, so the pointer is real).
+    pub fn new(size: usize) -> Result<Arena> {
+        let layout = AllocLayout::from_size_align(size.max(1), ARENA_ALIGN)
+            .map_err(|_| CkError::Alloc { bytes: size })?;
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or(CkError::Alloc { bytes: size })?;
+        Ok(Arena { ptr, size })
+    }
+
+    pub fn len(&self) -> usize {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// The address of byte 0 (for reports; never dereferenced outside).
+    pub fn base_addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: ptr is valid for size initialised (zeroed) bytes for the
+        // life of self, and &self forbids writes through &mut self meanwhile.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in bytes(); &mut self makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) }
+    }
+
+    /// Splits the arena into the byte slices of `ranges`, which must be
+    /// sorted, disjoint and inside the arena (the planner's regions are).
+    pub fn carve(&mut self, ranges: &[Range<usize>]) -> Vec<&mut [u8]> {
+        let mut out = Vec::with_capacity(ranges.len());
+        let mut rest: &mut [u8] = self.bytes_mut();
+        let mut at = 0usize;
+        for r in ranges {
+            assert!(
+                r.start >= at && r.end >= r.start,
+                "arena regions must be sorted and disjoint"
+            );
+            let (_, tail) = rest.split_at_mut(r.start - at);
+            let (mid, tail) = tail.split_at_mut(r.end - r.start);
+            out.push(mid);
+            rest = tail;
+            at = r.end;
+        }
+        out
+    }
+
+    /// Writes the canary word at each offset.
+    pub fn write_canaries(&mut self, offsets: &[usize]) {
+        let b = self.bytes_mut();
+        for &o in offsets {
+            b[o..o + 8].copy_from_slice(&CANARY.to_le_bytes());
+        }
+    }
+
+    /// The first canary (index into `offsets`) that no longer holds the word,
+    /// with what it holds instead.
+    pub fn first_bad_canary(&self, offsets: &[usize]) -> Option<(usize, u64)> {
+        let b = self.bytes();
+        offsets.iter().enumerate().find_map(|(i, &o)| {
+            let w = u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+            (w != CANARY).then_some((i, w))
+        })
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new() with exactly this layout.
+        unsafe {
+            alloc::dealloc(
+                self.ptr.as_ptr(),
+                AllocLayout::from_size_align_unchecked(self.size.max(1), ARENA_ALIGN),
+            )
+        }
+    }
+}
+
+/// `b` as `f32`s. Panics if `b` is not 4-byte aligned or not a whole number
+/// of `f32`s: the planner only makes regions that are both.
+pub fn f32s(b: &[u8]) -> &[f32] {
+    // SAFETY: every bit pattern is a valid f32; align_to keeps the lifetime.
+    let (head, mid, tail) = unsafe { b.align_to::<f32>() };
+    assert!(head.is_empty() && tail.is_empty(), "misaligned f32 view");
+    mid
+}
+
+/// `b` as mutable `f32`s; see [`f32s`].
+pub fn f32s_mut(b: &mut [u8]) -> &mut [f32] {
+    // SAFETY: every bit pattern is a valid f32 and every f32 is valid bytes.
+    let (head, mid, tail) = unsafe { b.align_to_mut::<f32>() };
+    assert!(head.is_empty() && tail.is_empty(), "misaligned f32 view");
+    mid
+}
+
+/// A read-only map of a whole file.
+pub struct MappedFile {
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    /// Maps `file` (opened from `path`) read-only.
+    pub fn map(path: &Path, file: &File) -> Result<MappedFile> {
+        // SAFETY: the map is read-only and private to this process. Like
+        // every program that maps its model (llama.cpp included), we rely on
+        // nobody truncating the file while it is mapped: the length is
+        // checked against the parsed header right after mapping, and a later
+        // truncation would fault (SIGBUS) rather than read out of bounds.
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|source| CkError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(MappedFile { map })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Address of the first byte of the map (page aligned).
+    pub fn base_addr(&self) -> usize {
+        self.map.as_ptr() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_is_aligned_zeroed_and_carves_disjoint_slices() {
+        let mut a = Arena::new(1000).unwrap();
+        assert_eq!(a.base_addr() % ARENA_ALIGN, 0);
+        assert!(a.bytes().iter().all(|&b| b == 0));
+        let parts = a.carve(&[0..64, 128..192, 192..200]);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [64, 64, 8]
+        );
+        let f = f32s_mut(parts.into_iter().next().unwrap());
+        assert_eq!(f.len(), 16);
+        f[0] = 1.5;
+        assert_eq!(f32s(&a.bytes()[0..4])[0], 1.5);
+    }
+
+    #[test]
+    fn canaries_detect_a_write() {
+        let mut a = Arena::new(256).unwrap();
+        a.write_canaries(&[64, 192]);
+        assert_eq!(a.first_bad_canary(&[64, 192]), None);
+        a.bytes_mut()[193] = 0;
+        assert_eq!(a.first_bad_canary(&[64, 192]).map(|x| x.0), Some(1));
+    }
+}

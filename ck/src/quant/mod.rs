@@ -29,3 +29,848 @@
 //!   (each `row_bytes(vec_dot_type(w), k)` bytes, back to back); out is
 //!   column-major by activation: `out[col * n_rows + row]`.
 //! - `dequantize_row(t, src: &[u8], dst: &mut [f32])`.
+//!
+//! Return types: `vec_dot` returns the `f32` and panics (with a message
+//! naming the operation and the wrong length) if the slices do not match
+//! `k`; [`Kernels::try_vec_dot`] is the same call returning a `Result`.
+//! `quantize_row`, `mat_vec`, `mat_mat` and `dequantize_row` return
+//! `Result<(), QuantError>` and check every length before touching memory.
+//!
+//! Also here: `quantize_row` accepts the weight types too (ggml's reference
+//! quantizers, `quantize_row_q4_0_ref` and friends, for building test
+//! models), [`block_size`], and the block structs themselves.
+//!
+//! # Arithmetic
+//!
+//! * Activation quantization follows the code ggml runs on an AVX2 machine
+//!   (ggml-cpu/arch/x86/quants.c), which differs from ggml-quants.c's
+//!   reference: Q8_0/Q8_1 scale by `127 / amax` and round half to even
+//!   (`_mm256_round_ps`), where the reference multiplies by `1 / d` and
+//!   rounds half away from zero. Q8_K is the reference on x86 too. Every
+//!   level here (scalar included) produces identical bytes.
+//! * The integer part of every dot product is exact and identical at every
+//!   level. The AVX2 and AVX-512 paths also keep ggml's float structure
+//!   (eight f32 lanes, one FMA per block, ggml's horizontal sum), so for
+//!   the types ggml runs through `vec_dot` on x86 they return ggml's bits.
+//!   The scalar path accumulates one f32 per row, like ggml's generic code,
+//!   and agrees with the SIMD paths to ~1e-7 of the row's absolute sum.
+//! * Weight rows must be well-formed blocks; activations must come from
+//!   [`Kernels::quantize_row`]. Malformed bytes never cause undefined
+//!   behavior, but SIMD and scalar may then disagree (e.g. a Q8 activation
+//!   byte of -128, which quantization never produces, overflows
+//!   `_mm256_sign_epi8` the same way it does in ggml).
+
+// The kernels are ports of ggml's C loops, which index several arrays
+// with one counter; iterator chains would hide the correspondence.
+#![allow(clippy::needless_range_loop)]
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::gguf::GgmlType;
+
+mod bf16;
+mod f16;
+mod f32;
+mod kquant;
+mod q4_0;
+mod q4_1;
+mod q4_k;
+mod q5_0;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+mod q8_1;
+mod q8_k;
+#[cfg(test)]
+mod testutil;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use bf16::BlockBF16;
+pub use f16::BlockF16;
+pub use f32::BlockF32;
+pub use q4_0::BlockQ4_0;
+pub use q4_1::BlockQ4_1;
+pub use q4_k::BlockQ4K;
+pub use q5_0::BlockQ5_0;
+pub use q5_k::BlockQ5K;
+pub use q6_k::BlockQ6K;
+pub use q8_0::BlockQ8_0;
+pub use q8_1::BlockQ8_1;
+pub use q8_k::BlockQ8K;
+
+/// Elements per super-block of the K-quants (`QK_K`).
+pub const QK_K: usize = 256;
+
+/// What a quantized-kernel call was given that it cannot use. Each message
+/// names the operation and the value that was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantError {
+    #[error("kernel level {level} is not available on this CPU (it lacks {missing})")]
+    LevelUnavailable { level: KernelLevel, missing: String },
+
+    #[error("unknown kernel level {0:?} (expected scalar, avx2 or avx512)")]
+    UnknownLevel(String),
+
+    #[error("{op}: type {ty} is not supported (supported: {supported})")]
+    UnsupportedType {
+        op: &'static str,
+        ty: GgmlType,
+        supported: &'static str,
+    },
+
+    #[error("{op}: row length {k} is not a multiple of {ty}'s block size {block}")]
+    NotBlockMultiple {
+        op: &'static str,
+        ty: GgmlType,
+        k: usize,
+        block: usize,
+    },
+
+    #[error("{op}: {what} has {got} {unit}, expected {expected}")]
+    Length {
+        op: &'static str,
+        what: &'static str,
+        unit: &'static str,
+        got: usize,
+        expected: usize,
+    },
+
+    #[error("{op}: size of {what} overflows usize")]
+    Overflow {
+        op: &'static str,
+        what: &'static str,
+    },
+}
+
+/// Which instruction set the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KernelLevel {
+    /// Portable Rust, no SIMD intrinsics: the reference every other level
+    /// is tested against.
+    Scalar,
+    /// AVX2 with FMA and F16C (Haswell, Zen 1 and later).
+    Avx2,
+    /// AVX-512 F/BW/VL with VNNI, on top of AVX2/FMA/F16C (Ice Lake, Zen 4
+    /// and later). The kernels mostly use 256-bit registers with the
+    /// AVX-512 mask registers and VNNI `vpdpbusd`/`vpdpwssd`.
+    Avx512,
+}
+
+impl KernelLevel {
+    /// Every level, slowest first.
+    pub const ALL: [KernelLevel; 3] = [KernelLevel::Scalar, KernelLevel::Avx2, KernelLevel::Avx512];
+
+    /// The fastest level this CPU supports.
+    pub fn detect() -> KernelLevel {
+        if KernelLevel::Avx512.available() {
+            KernelLevel::Avx512
+        } else if KernelLevel::Avx2.available() {
+            KernelLevel::Avx2
+        } else {
+            KernelLevel::Scalar
+        }
+    }
+
+    /// Whether this CPU has every feature the level's kernels use.
+    pub fn available(self) -> bool {
+        self.missing_features().is_empty()
+    }
+
+    /// The CPU features the level needs that this CPU lacks.
+    pub fn missing_features(self) -> Vec<&'static str> {
+        let needed: &[&'static str] = match self {
+            KernelLevel::Scalar => &[],
+            KernelLevel::Avx2 => &["avx2", "fma", "f16c"],
+            KernelLevel::Avx512 => &[
+                "avx2",
+                "fma",
+                "f16c",
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+                "avx512vnni",
+            ],
+        };
+        needed.iter().copied().filter(|f| !cpu_has(f)).collect()
+    }
+
+    /// The name `FromStr` accepts and `Display` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelLevel::Scalar => "scalar",
+            KernelLevel::Avx2 => "avx2",
+            KernelLevel::Avx512 => "avx512",
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_has(feature: &str) -> bool {
+    match feature {
+        "avx2" => is_x86_feature_detected!("avx2"),
+        "fma" => is_x86_feature_detected!("fma"),
+        "f16c" => is_x86_feature_detected!("f16c"),
+        "avx512f" => is_x86_feature_detected!("avx512f"),
+        "avx512bw" => is_x86_feature_detected!("avx512bw"),
+        "avx512vl" => is_x86_feature_detected!("avx512vl"),
+        "avx512vnni" => is_x86_feature_detected!("avx512vnni"),
+        _ => false,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_has(_feature: &str) -> bool {
+    false
+}
+
+impl fmt::Display for KernelLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KernelLevel {
+    type Err = QuantError;
+
+    fn from_str(s: &str) -> Result<KernelLevel, QuantError> {
+        match s {
+            "scalar" => Ok(KernelLevel::Scalar),
+            "avx2" => Ok(KernelLevel::Avx2),
+            "avx512" => Ok(KernelLevel::Avx512),
+            _ => Err(QuantError::UnknownLevel(s.to_string())),
+        }
+    }
+}
+
+/// The kernels at one [`KernelLevel`], checked against the CPU.
+///
+/// Holding a `Kernels` is the proof that the CPU has the level's features:
+/// the field is private and the only constructors check. Every SIMD path
+/// relies on that proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    level: KernelLevel,
+}
+
+/// Weight types with kernels, for error messages.
+const SUPPORTED_WEIGHTS: &str = "f32, f16, bf16, q4_0, q4_1, q5_0, q8_0, q4_K, q5_K, q6_K";
+/// Types `quantize_row` and `dequantize_row` handle.
+const SUPPORTED_ROWS: &str = "f32, f16, bf16, q4_0, q4_1, q5_0, q8_0, q8_1, q4_K, q5_K, q6_K, q8_K";
+
+/// Whether the ck kernels can multiply weights of type `t`.
+pub fn supported(t: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        t,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4_K | Q5_K | Q6_K
+    )
+}
+
+/// Whether `quantize_row`/`dequantize_row` handle type `t`: the weight
+/// types plus the activation types Q8_1 and Q8_K.
+pub fn row_supported(t: GgmlType) -> bool {
+    supported(t) || matches!(t, GgmlType::Q8_1 | GgmlType::Q8_K)
+}
+
+/// The type ggml converts activations to before a dot product with weights
+/// of type `w` (`type_traits_cpu[w].vec_dot_type` in ggml-cpu.c). Types
+/// whose ggml entry leaves it unset get F32, ggml's zero value.
+pub fn vec_dot_type(w: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match w {
+        F32 => F32,
+        F16 => F16,
+        BF16 => BF16,
+        Q1_0 | Q2_0 | Q4_0 | Q5_0 | Q8_0 | MXFP4 | NVFP4 | IQ4_NL => Q8_0,
+        Q4_1 | Q5_1 | Q8_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ3_S | IQ2_S | IQ1_S
+        | IQ1_M | IQ4_XS | TQ1_0 | TQ2_0 => Q8_K,
+        Q8_K | I8 | I16 | I32 | I64 | F64 => F32,
+    }
+}
+
+/// Elements per block of `t` (`ggml_blck_size`).
+pub fn block_size(t: GgmlType) -> usize {
+    t.block_size() as usize
+}
+
+/// Bytes of one row of `k` elements of type `t` (`ggml_row_size`).
+pub fn row_bytes(t: GgmlType, k: usize) -> Result<usize, QuantError> {
+    row_bytes_for("row_bytes", t, k)
+}
+
+fn row_bytes_for(op: &'static str, t: GgmlType, k: usize) -> Result<usize, QuantError> {
+    let block = block_size(t);
+    if !k.is_multiple_of(block) {
+        return Err(QuantError::NotBlockMultiple {
+            op,
+            ty: t,
+            k,
+            block,
+        });
+    }
+    (k / block)
+        .checked_mul(t.type_size() as usize)
+        .ok_or(QuantError::Overflow { op, what: "a row" })
+}
+
+fn check_len(
+    op: &'static str,
+    what: &'static str,
+    unit: &'static str,
+    got: usize,
+    expected: usize,
+) -> Result<(), QuantError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(QuantError::Length {
+            op,
+            what,
+            unit,
+            got,
+            expected,
+        })
+    }
+}
+
+fn mul(op: &'static str, what: &'static str, a: usize, b: usize) -> Result<usize, QuantError> {
+    a.checked_mul(b).ok_or(QuantError::Overflow { op, what })
+}
+
+/// A quantization block as stored in GGUF files and ggml's buffers.
+///
+/// # Safety
+///
+/// Implementors must be `#[repr(C)]` with alignment 1, no padding, and
+/// every bit pattern valid, so that any byte slice of a multiple of
+/// `size_of::<Self>()` bytes can be viewed as blocks.
+pub(crate) unsafe trait Block: Copy + 'static {}
+
+/// `bytes` viewed as blocks of `B`.
+///
+/// # Panics
+///
+/// If `bytes.len()` is not a multiple of the block size (callers check the
+/// length first and report it as a [`QuantError`]).
+pub(crate) fn cast<B: Block>(bytes: &[u8]) -> &[B] {
+    const { assert!(std::mem::align_of::<B>() == 1) };
+    let size = std::mem::size_of::<B>();
+    assert!(
+        bytes.len().is_multiple_of(size),
+        "quant: {} bytes is not a whole number of {size}-byte blocks",
+        bytes.len()
+    );
+    // SAFETY: `B: Block` promises alignment 1, no padding and every bit
+    // pattern valid; the length is a whole number of blocks, so the new
+    // slice covers exactly the bytes of `bytes` and borrows them for the
+    // same lifetime.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) }
+}
+
+/// `bytes` viewed as mutable blocks of `B`; see [`cast`].
+pub(crate) fn cast_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
+    const { assert!(std::mem::align_of::<B>() == 1) };
+    let size = std::mem::size_of::<B>();
+    assert!(
+        bytes.len().is_multiple_of(size),
+        "quant: {} bytes is not a whole number of {size}-byte blocks",
+        bytes.len()
+    );
+    // SAFETY: as in `cast`; the exclusive borrow of `bytes` moves to the
+    // returned slice, and any bytes written through it are a valid `u8`.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), bytes.len() / size) }
+}
+
+/// f16 bits (little-endian bytes) to f32; exact.
+#[inline(always)]
+pub(crate) fn f16_to_f32(bits: [u8; 2]) -> f32 {
+    half::f16::from_le_bytes(bits).to_f32()
+}
+
+/// f32 to f16 bits, rounding to nearest even like F16C's `vcvtps2ph` with
+/// `_MM_FROUND_TO_NEAREST_INT` (`GGML_CPU_FP32_TO_FP16` on x86).
+#[inline(always)]
+pub(crate) fn f32_to_f16(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
+}
+
+/// One weight type's kernels, as the dispatcher sees them. `mat_vec` and
+/// `mat_mat` choose the SIMD twin from the [`Kernels`] proof; the default
+/// bodies are the scalar loops over `vec_dot_scalar`.
+pub(crate) trait WeightKernels {
+    /// The weight block.
+    type W: Block;
+    /// The activation block (`vec_dot_type`).
+    type X: Block;
+
+    /// The scalar reference dot product of one row with one activation,
+    /// both `nb` blocks long (the caller checked).
+    fn vec_dot_scalar(w: &[Self::W], x: &[Self::X]) -> f32;
+
+    /// `out[r] = dot(rows[r], x)` for each of `out.len()` rows of
+    /// `x.len()` blocks.
+    fn mat_vec(kern: Kernels, rows: &[Self::W], x: &[Self::X], out: &mut [f32]) {
+        let _ = kern;
+        mat_vec_scalar::<Self>(rows, x, out);
+    }
+
+    /// `out[c * n_rows + r] = dot(rows[r], xs[c])`.
+    fn mat_mat(kern: Kernels, rows: &[Self::W], xs: &[Self::X], nb: usize, out: &mut [f32]) {
+        let _ = kern;
+        mat_mat_scalar::<Self>(rows, xs, nb, out);
+    }
+}
+
+pub(crate) fn mat_vec_scalar<K: WeightKernels + ?Sized>(
+    rows: &[K::W],
+    x: &[K::X],
+    out: &mut [f32],
+) {
+    let nb = x.len();
+    assert_eq!(
+        rows.len(),
+        nb * out.len(),
+        "quant: mat_vec rows/blocks mismatch"
+    );
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+        *o = K::vec_dot_scalar(row, x);
+    }
+}
+
+pub(crate) fn mat_mat_scalar<K: WeightKernels + ?Sized>(
+    rows: &[K::W],
+    xs: &[K::X],
+    nb: usize,
+    out: &mut [f32],
+) {
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let n_rows = rows.len() / nb;
+    let n_cols = xs.len() / nb;
+    assert!(
+        rows.len() == n_rows * nb && xs.len() == n_cols * nb && out.len() == n_rows * n_cols,
+        "quant: mat_mat shape mismatch"
+    );
+    for (col, x) in xs.chunks_exact(nb).enumerate() {
+        mat_vec_scalar::<K>(rows, x, &mut out[col * n_rows..(col + 1) * n_rows]);
+    }
+}
+
+/// Split `out` (column-major, `n_rows` per column) into per-column
+/// `mat_vec` calls; for SIMD twins without a dedicated GEMM tile.
+#[allow(dead_code)]
+pub(crate) fn mat_mat_by_columns<W, X>(
+    rows: &[W],
+    xs: &[X],
+    nb: usize,
+    out: &mut [f32],
+    mut mat_vec: impl FnMut(&[W], &[X], &mut [f32]),
+) {
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let n_rows = rows.len() / nb;
+    let n_cols = xs.len() / nb;
+    assert!(
+        rows.len() == n_rows * nb && xs.len() == n_cols * nb && out.len() == n_rows * n_cols,
+        "quant: mat_mat shape mismatch"
+    );
+    if n_rows == 0 {
+        return;
+    }
+    for (x, o) in xs.chunks_exact(nb).zip(out.chunks_exact_mut(n_rows)) {
+        mat_vec(rows, x, o);
+    }
+}
+
+/// Calls `$f::<K>(args)` with `K` the kernel set of weight type `$w`, or
+/// returns an unsupported-type error from the enclosing function.
+macro_rules! with_weight_kernels {
+    ($op:expr, $w:expr, $f:ident ( $($arg:expr),* )) => {
+        match $w {
+            GgmlType::F32 => $f::<f32::Kernels>($($arg),*),
+            GgmlType::F16 => $f::<f16::Kernels>($($arg),*),
+            GgmlType::BF16 => $f::<bf16::Kernels>($($arg),*),
+            GgmlType::Q4_0 => $f::<q4_0::Kernels>($($arg),*),
+            GgmlType::Q4_1 => $f::<q4_1::Kernels>($($arg),*),
+            GgmlType::Q5_0 => $f::<q5_0::Kernels>($($arg),*),
+            GgmlType::Q8_0 => $f::<q8_0::Kernels>($($arg),*),
+            GgmlType::Q4_K => $f::<q4_k::Kernels>($($arg),*),
+            GgmlType::Q5_K => $f::<q5_k::Kernels>($($arg),*),
+            GgmlType::Q6_K => $f::<q6_k::Kernels>($($arg),*),
+            other => {
+                return Err(QuantError::UnsupportedType {
+                    op: $op,
+                    ty: other,
+                    supported: SUPPORTED_WEIGHTS,
+                })
+            }
+        }
+    };
+}
+
+fn run_mat_vec<K: WeightKernels>(kern: Kernels, rows: &[u8], x: &[u8], out: &mut [f32]) {
+    K::mat_vec(kern, cast(rows), cast(x), out);
+}
+
+fn run_mat_mat<K: WeightKernels>(
+    kern: Kernels,
+    rows: &[u8],
+    xs: &[u8],
+    nb: usize,
+    out: &mut [f32],
+) {
+    K::mat_mat(kern, cast(rows), cast(xs), nb, out);
+}
+
+impl Kernels {
+    /// The kernels at `level`, or an error naming the CPU features the
+    /// level needs and this CPU lacks.
+    pub fn new(level: KernelLevel) -> Result<Kernels, QuantError> {
+        let missing = level.missing_features();
+        if missing.is_empty() {
+            Ok(Kernels { level })
+        } else {
+            Err(QuantError::LevelUnavailable {
+                level,
+                missing: missing.join(", "),
+            })
+        }
+    }
+
+    /// The kernels at the fastest level this CPU supports.
+    pub fn detect() -> Kernels {
+        Kernels {
+            level: KernelLevel::detect(),
+        }
+    }
+
+    /// The scalar kernels (always available).
+    pub fn scalar() -> Kernels {
+        Kernels {
+            level: KernelLevel::Scalar,
+        }
+    }
+
+    /// The level these kernels run at.
+    pub fn level(&self) -> KernelLevel {
+        self.level
+    }
+
+    /// Converts `x` (k elements) into type `t`'s blocks in `dst`
+    /// (`row_bytes(t, k)` bytes). For the activation types (Q8_0, Q8_1,
+    /// Q8_K, F16, BF16, F32) this is ggml's `from_float` as run on x86;
+    /// for the other weight types it is ggml's reference quantizer
+    /// (`quantize_row_*_ref`), meant for building test data.
+    pub fn quantize_row(&self, t: GgmlType, x: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+        const OP: &str = "quantize_row";
+        if !row_supported(t) {
+            return Err(QuantError::UnsupportedType {
+                op: OP,
+                ty: t,
+                supported: SUPPORTED_ROWS,
+            });
+        }
+        let expected = row_bytes_for(OP, t, x.len())?;
+        check_len(OP, "dst", "bytes", dst.len(), expected)?;
+        match t {
+            GgmlType::F32 => f32::quantize_row(x, cast_mut(dst)),
+            GgmlType::F16 => f16::quantize_row(*self, x, cast_mut(dst)),
+            GgmlType::BF16 => bf16::quantize_row(x, cast_mut(dst)),
+            GgmlType::Q8_0 => q8_0::quantize_row(*self, x, cast_mut(dst)),
+            GgmlType::Q8_1 => q8_1::quantize_row(*self, x, cast_mut(dst)),
+            GgmlType::Q8_K => q8_k::quantize_row(x, cast_mut(dst)),
+            GgmlType::Q4_0 => q4_0::quantize_row_ref(x, cast_mut(dst)),
+            GgmlType::Q4_1 => q4_1::quantize_row_ref(x, cast_mut(dst)),
+            GgmlType::Q5_0 => q5_0::quantize_row_ref(x, cast_mut(dst)),
+            GgmlType::Q4_K => q4_k::quantize_row_ref(x, cast_mut(dst)),
+            GgmlType::Q5_K => q5_k::quantize_row_ref(x, cast_mut(dst)),
+            GgmlType::Q6_K => q6_k::quantize_row_ref(x, cast_mut(dst)),
+            _ => unreachable!("row_supported checked"),
+        }
+        Ok(())
+    }
+
+    /// One weight row (`k` elements of type `w`, `row_bytes(w, k)` bytes)
+    /// dotted with one activation quantized to `vec_dot_type(w)`.
+    ///
+    /// # Panics
+    ///
+    /// If `w` is unsupported or a length does not match `k`; the message
+    /// names the operation and the wrong value. [`Kernels::try_vec_dot`]
+    /// returns the same failure as an error.
+    pub fn vec_dot(&self, w: GgmlType, k: usize, w_row: &[u8], x_q: &[u8]) -> f32 {
+        match self.try_vec_dot(w, k, w_row, x_q) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Kernels::vec_dot`], returning an error instead of panicking.
+    pub fn try_vec_dot(
+        &self,
+        w: GgmlType,
+        k: usize,
+        w_row: &[u8],
+        x_q: &[u8],
+    ) -> Result<f32, QuantError> {
+        let mut out = [0.0f32];
+        self.mat_vec_op("vec_dot", w, k, w_row, x_q, &mut out)?;
+        Ok(out[0])
+    }
+
+    /// `out.len()` consecutive weight rows (type `w`, `k` elements each)
+    /// against one activation quantized to `vec_dot_type(w)`:
+    /// `out[r] = vec_dot(row r, x_q)`, bit for bit.
+    pub fn mat_vec(
+        &self,
+        w: GgmlType,
+        k: usize,
+        rows: &[u8],
+        x_q: &[u8],
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        self.mat_vec_op("mat_vec", w, k, rows, x_q, out)
+    }
+
+    fn mat_vec_op(
+        &self,
+        op: &'static str,
+        w: GgmlType,
+        k: usize,
+        rows: &[u8],
+        x_q: &[u8],
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        if !supported(w) {
+            return Err(QuantError::UnsupportedType {
+                op,
+                ty: w,
+                supported: SUPPORTED_WEIGHTS,
+            });
+        }
+        let w_bytes = row_bytes_for(op, w, k)?;
+        let x_bytes = row_bytes_for(op, vec_dot_type(w), k)?;
+        let rows_bytes = mul(op, "the weight rows", w_bytes, out.len())?;
+        check_len(op, "the weight rows", "bytes", rows.len(), rows_bytes)?;
+        check_len(op, "the activation", "bytes", x_q.len(), x_bytes)?;
+        if k == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let kern = *self;
+        with_weight_kernels!(op, w, run_mat_vec(kern, rows, x_q, out));
+        Ok(())
+    }
+
+    /// `n_rows` weight rows x `n_cols` activations (each quantized to
+    /// `vec_dot_type(w)`, `row_bytes(vec_dot_type(w), k)` bytes, back to
+    /// back). `out[col * n_rows + row] = vec_dot(row, col)`, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mat_mat(
+        &self,
+        w: GgmlType,
+        k: usize,
+        rows: &[u8],
+        n_rows: usize,
+        xs_q: &[u8],
+        n_cols: usize,
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        const OP: &str = "mat_mat";
+        if !supported(w) {
+            return Err(QuantError::UnsupportedType {
+                op: OP,
+                ty: w,
+                supported: SUPPORTED_WEIGHTS,
+            });
+        }
+        let w_bytes = row_bytes_for(OP, w, k)?;
+        let x_bytes = row_bytes_for(OP, vec_dot_type(w), k)?;
+        check_len(
+            OP,
+            "the weight rows",
+            "bytes",
+            rows.len(),
+            mul(OP, "the weight rows", w_bytes, n_rows)?,
+        )?;
+        check_len(
+            OP,
+            "the activations",
+            "bytes",
+            xs_q.len(),
+            mul(OP, "the activations", x_bytes, n_cols)?,
+        )?;
+        check_len(
+            OP,
+            "out",
+            "elements",
+            out.len(),
+            mul(OP, "out", n_rows, n_cols)?,
+        )?;
+        let nb = k / block_size(w);
+        if nb == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let kern = *self;
+        with_weight_kernels!(OP, w, run_mat_mat(kern, rows, xs_q, nb, out));
+        Ok(())
+    }
+}
+
+/// Converts one row of type `t` (`row_bytes(t, dst.len())` bytes) to f32,
+/// as ggml's `to_float` does.
+pub fn dequantize_row(t: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    const OP: &str = "dequantize_row";
+    if !row_supported(t) {
+        return Err(QuantError::UnsupportedType {
+            op: OP,
+            ty: t,
+            supported: SUPPORTED_ROWS,
+        });
+    }
+    let expected = row_bytes_for(OP, t, dst.len())?;
+    check_len(OP, "src", "bytes", src.len(), expected)?;
+    match t {
+        GgmlType::F32 => f32::dequantize_row(cast(src), dst),
+        GgmlType::F16 => f16::dequantize_row(cast(src), dst),
+        GgmlType::BF16 => bf16::dequantize_row(cast(src), dst),
+        GgmlType::Q4_0 => q4_0::dequantize_row(cast(src), dst),
+        GgmlType::Q4_1 => q4_1::dequantize_row(cast(src), dst),
+        GgmlType::Q5_0 => q5_0::dequantize_row(cast(src), dst),
+        GgmlType::Q8_0 => q8_0::dequantize_row(cast(src), dst),
+        GgmlType::Q8_1 => q8_1::dequantize_row(cast(src), dst),
+        GgmlType::Q4_K => q4_k::dequantize_row(cast(src), dst),
+        GgmlType::Q5_K => q5_k::dequantize_row(cast(src), dst),
+        GgmlType::Q6_K => q6_k::dequantize_row(cast(src), dst),
+        GgmlType::Q8_K => q8_k::dequantize_row(cast(src), dst),
+        _ => unreachable!("row_supported checked"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_names_round_trip() {
+        for level in KernelLevel::ALL {
+            assert_eq!(level.to_string().parse::<KernelLevel>().unwrap(), level);
+        }
+        let err = "sse".parse::<KernelLevel>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown kernel level \"sse\" (expected scalar, avx2 or avx512)"
+        );
+    }
+
+    #[test]
+    fn kernels_new_matches_availability() {
+        assert!(KernelLevel::Scalar.available());
+        for level in KernelLevel::ALL {
+            match Kernels::new(level) {
+                Ok(k) => {
+                    assert!(level.available());
+                    assert_eq!(k.level(), level);
+                }
+                Err(e) => {
+                    assert!(!level.available());
+                    assert!(e.to_string().contains("not available on this CPU"), "{e}");
+                }
+            }
+        }
+        assert!(Kernels::detect().level().available());
+    }
+
+    #[test]
+    fn vec_dot_types_follow_ggml() {
+        use GgmlType::*;
+        for (w, x) in [
+            (F32, F32),
+            (F16, F16),
+            (BF16, BF16),
+            (Q4_0, Q8_0),
+            (Q5_0, Q8_0),
+            (Q8_0, Q8_0),
+            (Q4_1, Q8_1),
+            (Q4_K, Q8_K),
+            (Q5_K, Q8_K),
+            (Q6_K, Q8_K),
+        ] {
+            assert_eq!(vec_dot_type(w), x, "{w}");
+            assert!(supported(w));
+        }
+        assert!(!supported(Q5_1));
+        assert!(!supported(Q8_K));
+    }
+
+    #[test]
+    fn row_bytes_matches_block_layout() {
+        assert_eq!(row_bytes(GgmlType::Q4_K, 512).unwrap(), 2 * 144);
+        assert_eq!(row_bytes(GgmlType::Q5_0, 576).unwrap(), 18 * 22);
+        assert_eq!(row_bytes(GgmlType::Q8_K, 256).unwrap(), 292);
+        assert_eq!(row_bytes(GgmlType::F16, 3).unwrap(), 6);
+        let err = row_bytes(GgmlType::Q6_K, 576).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "row_bytes: row length 576 is not a multiple of q6_K's block size 256"
+        );
+    }
+
+    #[test]
+    fn bad_lengths_are_errors_not_ub() {
+        let kern = Kernels::detect();
+        let w = vec![0u8; row_bytes(GgmlType::Q5_0, 64).unwrap()];
+        let x = vec![0u8; row_bytes(GgmlType::Q8_0, 64).unwrap()];
+        let err = kern
+            .try_vec_dot(GgmlType::Q5_0, 64, &w[..w.len() - 1], &x)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "vec_dot: the weight rows has 43 bytes, expected 44"
+        );
+        assert!(kern.try_vec_dot(GgmlType::Q5_0, 64, &w, &x[..10]).is_err());
+        assert!(kern.try_vec_dot(GgmlType::Q5_0, 48, &w, &x).is_err());
+        assert!(kern.try_vec_dot(GgmlType::Q5_1, 64, &w, &x).is_err());
+        let mut out = [0.0f32; 3];
+        assert!(kern.mat_vec(GgmlType::Q5_0, 64, &w, &x, &mut out).is_err());
+        assert!(kern
+            .mat_mat(GgmlType::Q5_0, 64, &w, 1, &x, 2, &mut out[..2])
+            .is_err());
+        assert!(kern
+            .mat_mat(GgmlType::Q5_0, 64, &w, 1, &x, 1, &mut out[..2])
+            .is_err());
+        let mut q = vec![0u8; 33];
+        assert!(kern
+            .quantize_row(GgmlType::Q8_0, &[0.0; 32], &mut q)
+            .is_err());
+        assert!(kern
+            .quantize_row(GgmlType::Q8_0, &[0.0; 31], &mut q)
+            .is_err());
+        let mut f = [0.0f32; 32];
+        assert!(dequantize_row(GgmlType::Q8_0, &q, &mut f).is_err());
+        assert!(dequantize_row(GgmlType::IQ2_XS, &q, &mut f).is_err());
+        // An empty row is fine and dots to zero.
+        assert_eq!(kern.vec_dot(GgmlType::Q4_K, 0, &[], &[]), 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "vec_dot: the activation has 10 bytes, expected 34")]
+    fn vec_dot_panics_with_a_clear_message() {
+        let kern = Kernels::detect();
+        let w = vec![0u8; 22];
+        kern.vec_dot(GgmlType::Q5_0, 32, &w, &[0u8; 10]);
+    }
+}

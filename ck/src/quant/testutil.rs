@@ -1,0 +1,323 @@
+//! Shared test machinery: a seeded PRNG, random valid blocks of every
+//! type, ggml's test data and error measures (tests/test-quantize-fns.cpp),
+//! and one harness that holds every available kernel level of a weight
+//! type to the scalar path and both to f32 references.
+
+use super::*;
+
+/// xorshift64*: deterministic, seeded per test.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        (self.next_u64() >> 56) as u8
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Roughly normal (sum of four uniforms), mean 0, sd ~`sd`.
+    pub fn normal(&mut self, sd: f32) -> f32 {
+        let s: f32 = (0..4).map(|_| self.unit()).sum::<f32>() - 2.0;
+        s * sd * 1.732
+    }
+
+    /// A random f16 scale of magnitude in [lo, hi), random sign if `signed`.
+    pub fn f16_scale(&mut self, lo: f32, hi: f32, signed: bool) -> [u8; 2] {
+        let mut v = lo * (hi / lo).powf(self.unit());
+        if signed && self.byte() & 1 == 1 {
+            v = -v;
+        }
+        f32_to_f16(v)
+    }
+}
+
+/// The kernels of every level this CPU supports (always including scalar).
+pub fn all_kernels() -> Vec<Kernels> {
+    let ks: Vec<Kernels> = KernelLevel::ALL
+        .iter()
+        .filter_map(|&l| Kernels::new(l).ok())
+        .collect();
+    assert_eq!(ks[0].level(), KernelLevel::Scalar);
+    ks
+}
+
+/// ggml's `generate_data`: `0.1 + amplitude * cos(i + offset)`.
+pub fn ggml_data(offset: f32, n: usize, amplitude: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| 0.1 + amplitude * (i as f32 + offset).cos())
+        .collect()
+}
+
+/// Random valid weight blocks of type `t`, `nb` blocks (`k = nb * block`).
+/// Scales are f16 of sane magnitude; quant bits are uniform.
+pub fn random_row(t: GgmlType, k: usize, rng: &mut Rng) -> Vec<u8> {
+    let bytes = row_bytes(t, k).unwrap();
+    let mut v: Vec<u8> = (0..bytes).map(|_| rng.byte()).collect();
+    let bs = t.type_size() as usize;
+    let nb = k / block_size(t);
+    for b in 0..nb {
+        let blk = &mut v[b * bs..(b + 1) * bs];
+        match t {
+            GgmlType::F32 => blk.copy_from_slice(&rng.normal(1.0).to_le_bytes()),
+            GgmlType::F16 => blk.copy_from_slice(&f32_to_f16(rng.normal(1.0))),
+            GgmlType::BF16 => {
+                blk.copy_from_slice(&bf16::f32_to_bf16_bits(rng.normal(1.0)).to_le_bytes())
+            }
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
+                blk[0..2].copy_from_slice(&rng.f16_scale(1e-3, 1e-1, true))
+            }
+            GgmlType::Q4_1 => {
+                blk[0..2].copy_from_slice(&rng.f16_scale(1e-3, 1e-1, false));
+                blk[2..4].copy_from_slice(&rng.f16_scale(1e-2, 1.0, true));
+            }
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                blk[0..2].copy_from_slice(&rng.f16_scale(1e-4, 1e-2, false));
+                blk[2..4].copy_from_slice(&rng.f16_scale(1e-4, 1e-2, false));
+            }
+            GgmlType::Q6_K => blk[208..210].copy_from_slice(&rng.f16_scale(1e-5, 1e-3, true)),
+            _ => panic!("random_row: no generator for {t}"),
+        }
+    }
+    v
+}
+
+/// Random f32 activations, roughly normal with a few outliers.
+pub fn random_activation_f32(k: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..k)
+        .map(|i| {
+            if i % 97 == 13 {
+                rng.normal(8.0)
+            } else {
+                rng.normal(1.0)
+            }
+        })
+        .collect()
+}
+
+/// `x` quantized to `vec_dot_type(w)` with the scalar kernels.
+pub fn quantize_activation(w: GgmlType, x: &[f32]) -> Vec<u8> {
+    let t = vec_dot_type(w);
+    let mut q = vec![0u8; row_bytes(t, x.len()).unwrap()];
+    Kernels::scalar().quantize_row(t, x, &mut q).unwrap();
+    q
+}
+
+pub fn dequantize(t: GgmlType, src: &[u8], k: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; k];
+    dequantize_row(t, src, &mut out).unwrap();
+    out
+}
+
+/// (dot, sum of |products|) of two f32 vectors, in f64.
+pub fn f64_dot(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let mut dot = 0.0f64;
+    let mut abs = 0.0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        let p = x as f64 * y as f64;
+        dot += p;
+        abs += p.abs();
+    }
+    (dot, abs)
+}
+
+/// ggml's `array_rmse`: sqrt(sum of squared differences) / n.
+pub fn ggml_rmse(a: &[f32], b: &[f32]) -> f32 {
+    let sum: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    (sum.sqrt() / a.len() as f64) as f32
+}
+
+/// ggml's per-type dot-product error bound (test-quantize-fns.cpp). None
+/// of the types here is in its low-bit list (Q2_K, IQ2_*, IQ3_*), so all
+/// use `MAX_DOT_PRODUCT_ERROR`.
+pub const MAX_DOT_PRODUCT_ERROR: f32 = 0.02;
+/// ggml's `MAX_QUANTIZATION_TOTAL_ERROR` (round-trip rmse on its data).
+pub const MAX_QUANTIZATION_TOTAL_ERROR: f32 = 0.002;
+/// SIMD vs scalar: |simd - scalar| <= this * sum |w_i * x_i|.
+pub const SIMD_VS_SCALAR: f64 = 1e-6;
+/// Kernel vs the f64 dot of the dequantized rows (float rounding only):
+/// |kernel - reference| <= this * sum |w_i * x_i|.
+pub const KERNEL_VS_DEQUANT: f64 = 1e-5;
+/// The same for Q4_1, whose kernel uses Q8_1's `s = fp16(d * sum)`, which
+/// is rounded to f16 (relative error up to 2^-11) where the dequantized
+/// activation is not.
+pub const KERNEL_VS_DEQUANT_Q4_1: f64 = 1e-3;
+
+fn kernel_vs_dequant(w: GgmlType) -> f64 {
+    if w == GgmlType::Q4_1 {
+        KERNEL_VS_DEQUANT_Q4_1
+    } else {
+        KERNEL_VS_DEQUANT
+    }
+}
+
+/// The whole-type harness: for every available level,
+/// - ggml's dot-product test (its data, ref-quantized weights, activation
+///   via `quantize_row`) stays under `MAX_DOT_PRODUCT_ERROR`,
+/// - on random blocks, `vec_dot` is within `KERNEL_VS_DEQUANT` of the
+///   dequantize-then-dot reference and within `SIMD_VS_SCALAR` of the
+///   scalar level,
+/// - `mat_vec` and `mat_mat` equal repeated `vec_dot` bit for bit, for
+///   row and column counts around the kernels' tile sizes.
+pub fn check_weight_type(w: GgmlType, seed: u64) {
+    let kernels = all_kernels();
+    let scalar = kernels[0];
+    let xt = vec_dot_type(w);
+    let block = block_size(w).max(32);
+
+    // ggml's test, per level.
+    let n = 32 * 128;
+    let wdata = ggml_data(0.0, n, 2.0);
+    let xdata = ggml_data(1.0, n, 2.0);
+    let mut wq = vec![0u8; row_bytes(w, n).unwrap()];
+    scalar.quantize_row(w, &wdata, &mut wq).unwrap();
+    let (dot_ref, _) = f64_dot(&wdata, &xdata);
+    for kern in &kernels {
+        let mut xq = vec![0u8; row_bytes(xt, n).unwrap()];
+        kern.quantize_row(xt, &xdata, &mut xq).unwrap();
+        let got = kern.vec_dot(w, n, &wq, &xq);
+        let err = ((got as f64 - dot_ref).abs() / n as f64) as f32;
+        assert!(
+            err < MAX_DOT_PRODUCT_ERROR,
+            "{w} {}: ggml dot product error {err} >= {MAX_DOT_PRODUCT_ERROR} (got {got}, ref {dot_ref})",
+            kern.level()
+        );
+    }
+
+    // Random blocks: several row lengths, including the SmolLM2/Gemma widths.
+    let mut rng = Rng::new(seed);
+    let widths: Vec<usize> = [block, 2 * block, 576, 640, 1536, 2048, 4096]
+        .into_iter()
+        .filter(|k| k % block_size(w) == 0 && *k >= block)
+        .collect();
+    for &k in &widths {
+        for _trial in 0..4 {
+            let row = random_row(w, k, &mut rng);
+            let xf = random_activation_f32(k, &mut rng);
+            let xq = quantize_activation(w, &xf);
+            let (dref, abs) = f64_dot(&dequantize(w, &row, k), &dequantize(xt, &xq, k));
+            assert!(abs > 0.0, "{w}: degenerate random row");
+            let s = scalar.vec_dot(w, k, &row, &xq) as f64;
+            assert!(
+                (s - dref).abs() <= kernel_vs_dequant(w) * abs,
+                "{w} k={k} scalar: {s} vs dequantized dot {dref} (abs sum {abs})"
+            );
+            for kern in &kernels[1..] {
+                let v = kern.vec_dot(w, k, &row, &xq) as f64;
+                assert!(
+                    (v - s).abs() <= SIMD_VS_SCALAR * abs,
+                    "{w} k={k} {}: {v} vs scalar {s} (abs sum {abs}, rel {})",
+                    kern.level(),
+                    (v - s).abs() / abs
+                );
+                assert!(
+                    (v - dref).abs() <= kernel_vs_dequant(w) * abs,
+                    "{w} k={k} {}: {v} vs dequantized dot {dref}",
+                    kern.level()
+                );
+            }
+        }
+    }
+
+    // mat_vec / mat_mat against repeated vec_dot, bit for bit.
+    let k = *widths.iter().find(|&&k| k >= 512).unwrap_or(&widths[0]);
+    let wb = row_bytes(w, k).unwrap();
+    let xb = row_bytes(xt, k).unwrap();
+    let n_rows = 11;
+    let n_cols = 6;
+    let rows: Vec<u8> = (0..n_rows)
+        .flat_map(|_| random_row(w, k, &mut rng))
+        .collect();
+    let xs: Vec<u8> = (0..n_cols)
+        .flat_map(|_| quantize_activation(w, &random_activation_f32(k, &mut rng)))
+        .collect();
+    for kern in &kernels {
+        for nr in [1, 2, 3, 4, 5, 8, 11] {
+            let rows = &rows[..nr * wb];
+            for c in 0..n_cols {
+                let x = &xs[c * xb..(c + 1) * xb];
+                let mut out = vec![f32::NAN; nr];
+                kern.mat_vec(w, k, rows, x, &mut out).unwrap();
+                for r in 0..nr {
+                    let v = kern.vec_dot(w, k, &rows[r * wb..(r + 1) * wb], x);
+                    assert_eq!(
+                        out[r].to_bits(),
+                        v.to_bits(),
+                        "{w} {} mat_vec rows={nr} row {r}: {} vs vec_dot {v}",
+                        kern.level(),
+                        out[r]
+                    );
+                }
+            }
+            for nc in [1, 2, 3, 4, 5, 6] {
+                let xs = &xs[..nc * xb];
+                let mut out = vec![f32::NAN; nr * nc];
+                kern.mat_mat(w, k, rows, nr, xs, nc, &mut out).unwrap();
+                for c in 0..nc {
+                    for r in 0..nr {
+                        let v = kern.vec_dot(
+                            w,
+                            k,
+                            &rows[r * wb..(r + 1) * wb],
+                            &xs[c * xb..(c + 1) * xb],
+                        );
+                        assert_eq!(
+                            out[c * nr + r].to_bits(),
+                            v.to_bits(),
+                            "{w} {} mat_mat {nr}x{nc} at row {r} col {c}",
+                            kern.level()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ggml's round-trip test: quantize its data with `quantize_row`, then
+/// dequantize; rmse (ggml's measure) under `MAX_QUANTIZATION_TOTAL_ERROR`,
+/// identical bytes at every level.
+pub fn check_round_trip(t: GgmlType) {
+    let n = 32 * 128;
+    let data = ggml_data(0.0, n, 2.0);
+    let kernels = all_kernels();
+    let mut first: Option<Vec<u8>> = None;
+    for kern in &kernels {
+        let mut q = vec![0u8; row_bytes(t, n).unwrap()];
+        kern.quantize_row(t, &data, &mut q).unwrap();
+        let back = dequantize(t, &q, n);
+        let err = ggml_rmse(&data, &back);
+        assert!(
+            err < MAX_QUANTIZATION_TOTAL_ERROR,
+            "{t} {}: round-trip error {err}",
+            kern.level()
+        );
+        match &first {
+            None => first = Some(q),
+            Some(f) => assert!(
+                f == &q,
+                "{t} {}: quantized bytes differ from scalar",
+                kern.level()
+            ),
+        }
+    }
+}

@@ -6,7 +6,10 @@
 //! kernel decode spends its time in.
 
 use super::q8_0::BlockQ8_0;
-use super::{f16_to_f32, f32_to_f16, Block, WeightKernels};
+use super::{
+    f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
+    WeightKernels,
+};
 
 pub const QK5_0: usize = 32;
 
@@ -108,6 +111,185 @@ pub(crate) fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
     sum
 }
 
+/// The Q5_0 tile shared by both x86 levels: `$weights` decodes a block to
+/// 32 unsigned bytes (0..=31), `$act` loads an activation block with its
+/// offset term, `$lanes` makes the eight exact i32 lanes of
+/// `(q - 16) * y`. The float side is ggml's AVX2 `ggml_vec_dot_q5_0_q8_0`:
+/// one FMA of `d_w * d_x` times the lanes per block into eight f32 lanes,
+/// then `hsum_float_8`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! q5_0_tile {
+    () => {
+        /// One activation block, loaded once per tile column.
+        struct Act {
+            y: __m256i,
+            off: __m256i,
+            d: f32,
+        }
+
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            rows: [&[BlockQ5_0]; R],
+            xs: [&[BlockQ8_0]; C],
+        ) -> [[f32; R]; C] {
+            let nb = xs[0].len();
+            for r in &rows {
+                assert_eq!(r.len(), nb);
+            }
+            for x in &xs {
+                assert_eq!(x.len(), nb);
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; C];
+            for b in 0..nb {
+                let mut wu = [_mm256_setzero_si256(); R];
+                let mut dw = [0.0f32; R];
+                for r in 0..R {
+                    let w = &rows[r][b];
+                    wu[r] = weights(w);
+                    dw[r] = f16_to_f32(w.d);
+                }
+                for c in 0..C {
+                    let a = act(&xs[c][b]);
+                    for r in 0..R {
+                        let d = _mm256_set1_ps(dw[r] * a.d);
+                        let q = _mm256_cvtepi32_ps(lanes(wu[r], &a));
+                        acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);
+                    }
+                }
+            }
+            let mut out = [[0.0f32; R]; C];
+            for c in 0..C {
+                for r in 0..R {
+                    out[c][r] = hsum_float_8(acc[c][r]);
+                }
+            }
+            out
+        }
+
+        /// The exact integer dot product of one block pair, through the
+        /// same lanes as the kernels.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        pub(crate) unsafe fn block_dot_lanes(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
+            hsum_i32_8(lanes(weights(w), &act(x)))
+        }
+    };
+}
+
+/// AVX2 + FMA + F16C.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::{BlockQ5_0, BlockQ8_0};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// The 5-bit values as unsigned bytes: nibbles, plus 16 where the
+    /// `qh` bit is set (ggml's `bytes_from_bits_32` trick, kept unsigned
+    /// so the offset can be taken once per activation block).
+    #[inline(always)]
+    unsafe fn weights(w: &BlockQ5_0) -> __m256i {
+        let hi = bytes_from_bits_32(u32::from_le_bytes(w.qh));
+        _mm256_or_si256(
+            bytes_from_nibbles_32(&w.qs),
+            _mm256_and_si256(hi, _mm256_set1_epi8(0x10)),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn act(x: &BlockQ8_0) -> Act {
+        let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
+        Act {
+            y,
+            off: sum4_times(y, 16),
+            d: f16_to_f32(x.d),
+        }
+    }
+
+    /// `sum((q - 16) * y)` per group of four: `q * y` minus `16 * y`.
+    #[inline(always)]
+    unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
+        _mm256_sub_epi32(dot_u8i8_lanes(wu, a.y), a.off)
+    }
+
+    q5_0_tile!();
+
+    tile_drivers!("avx2,fma,f16c", BlockQ5_0, BlockQ8_0, tile, mv_rows = 4, mm = 2 x 4);
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
+/// AVX-512 (BW, VL) + VNNI on 256-bit vectors: the `qh` bits go straight
+/// into a mask register (`vpaddb` under mask adds the 16s), and `vpdpbusd`
+/// does the multiply-add in one instruction, starting from the negated
+/// offset term.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::{BlockQ5_0, BlockQ8_0};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn weights(w: &BlockQ5_0) -> __m256i {
+        let nib = bytes_from_nibbles_32(&w.qs);
+        let k = _cvtu32_mask32(u32::from_le_bytes(w.qh));
+        _mm256_mask_add_epi8(nib, k, nib, _mm256_set1_epi8(16))
+    }
+
+    #[inline(always)]
+    unsafe fn act(x: &BlockQ8_0) -> Act {
+        let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
+        let off = dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(16), y);
+        Act {
+            y,
+            off: _mm256_sub_epi32(_mm256_setzero_si256(), off),
+            d: f16_to_f32(x.d),
+        }
+    }
+
+    /// `-16 * y + q * y` per group of four, in one `vpdpbusd`.
+    #[inline(always)]
+    unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
+        dpbusd(a.off, wu, a.y)
+    }
+
+    q5_0_tile!();
+
+    tile_drivers!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        BlockQ5_0,
+        BlockQ8_0,
+        tile,
+        mv_rows = 4,
+        mm = 4 x 4
+    );
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -117,16 +299,98 @@ impl WeightKernels for Kernels {
     fn vec_dot_scalar(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
         vec_dot_q5_0_q8_0(w, x)
     }
+
+    fn mat_vec(kern: Level, rows: &[BlockQ5_0], x: &[BlockQ8_0], out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_vec(rows, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_vec(rows, x, out) },
+            _ => mat_vec_scalar::<Self>(rows, x, out),
+        }
+    }
+
+    fn mat_mat(kern: Level, rows: &[BlockQ5_0], xs: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_mat(rows, xs, nb, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_mat(rows, xs, nb, out) },
+            _ => mat_mat_scalar::<Self>(rows, xs, nb, out),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::gguf::GgmlType;
     use crate::quant::testutil;
 
     #[test]
     fn q5_0_kernels_match_scalar_and_references() {
         testutil::check_weight_type(GgmlType::Q5_0, 6);
+    }
+
+    /// The SIMD twins' integer block sums equal the scalar ones exactly,
+    /// on random blocks including the extreme values.
+    #[test]
+    fn q5_0_simd_block_sums_equal_scalar() {
+        let mut rng = testutil::Rng::new(60);
+        let mut checked = 0;
+        for trial in 0..2000 {
+            let mut w = BlockQ5_0 {
+                d: rng.f16_scale(1e-3, 1e-1, true),
+                qh: std::array::from_fn(|_| rng.byte()),
+                qs: std::array::from_fn(|_| rng.byte()),
+            };
+            let mut x = BlockQ8_0 {
+                d: rng.f16_scale(1e-3, 1e-1, false),
+                qs: std::array::from_fn(|_| rng.i8_127()),
+            };
+            if trial == 0 {
+                // All weights 0 (-16) against all activations -127 / 127.
+                w.qh = [0; 4];
+                w.qs = [0; 16];
+                x.qs = [-127; 32];
+            } else if trial == 1 {
+                w.qh = [0xFF; 4];
+                w.qs = [0xFF; 16];
+                x.qs = [127; 32];
+            }
+            let s = block_dot(&w, &x);
+            for level in testutil::simd_levels() {
+                let v = match level {
+                    // SAFETY: `simd_levels` only lists levels the CPU has.
+                    KernelLevel::Avx2 => unsafe { avx2::block_dot(&w, &x) },
+                    // SAFETY: as above.
+                    KernelLevel::Avx512 => unsafe { avx512::block_dot(&w, &x) },
+                    KernelLevel::Scalar => unreachable!(),
+                };
+                assert_eq!(v, s, "{level} trial {trial}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2000 * testutil::simd_levels().len());
+        let w = BlockQ5_0 {
+            d: [0; 2],
+            qh: [0; 4],
+            qs: [0; 16],
+        };
+        assert_eq!(
+            block_dot(
+                &w,
+                &BlockQ8_0 {
+                    d: [0; 2],
+                    qs: [-127; 32]
+                }
+            ),
+            16 * 127 * 32
+        );
     }
 
     #[test]

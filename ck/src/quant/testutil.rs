@@ -45,6 +45,11 @@ impl Rng {
         }
         f32_to_f16(v)
     }
+
+    /// Uniform in -127..=127 (the range activation quantization produces).
+    pub fn i8_127(&mut self) -> i8 {
+        ((self.next_u64() % 255) as i32 - 127) as i8
+    }
 }
 
 /// The kernels of every level this CPU supports (always including scalar).
@@ -55,6 +60,16 @@ pub fn all_kernels() -> Vec<Kernels> {
         .collect();
     assert_eq!(ks[0].level(), KernelLevel::Scalar);
     ks
+}
+
+/// The SIMD levels this CPU supports (the block-level integer tests run
+/// each of them against the scalar twin).
+pub fn simd_levels() -> Vec<KernelLevel> {
+    all_kernels()
+        .into_iter()
+        .map(|k| k.level())
+        .filter(|&l| l != KernelLevel::Scalar)
+        .collect()
 }
 
 /// ggml's `generate_data`: `0.1 + amplitude * cos(i + offset)`.

@@ -1,2 +1,264 @@
-//! x86-64 SIMD helpers shared by the kernels (AVX2/FMA/F16C and AVX-512),
-//! after ggml-cpu/arch/x86/quants.c.
+//! x86-64 SIMD helpers shared by the kernels, after the helpers at the top
+//! of ggml-cpu/arch/x86/quants.c.
+//!
+//! Every helper is `#[inline(always)]` without a `#[target_feature]` of its
+//! own: it is only ever called from a `#[target_feature]` kernel and is
+//! compiled as part of it. Each is `unsafe` because it uses intrinsics;
+//! the caller must run with the features named in its `# Safety`.
+
+use std::arch::x86_64::*;
+
+/// ggml's `hsum_float_8`, in ggml's order (high half + low half, then
+/// lanes 0+2 and 1+3, then those two), so sums match ggml bit for bit.
+///
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn hsum_float_8(x: __m256) -> f32 {
+    let mut res = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+    res = _mm_add_ss(res, _mm_movehdup_ps(res));
+    _mm_cvtss_f32(res)
+}
+
+/// ggml's `hsum_i32_8`.
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn hsum_i32_8(a: __m256i) -> i32 {
+    let sum128 = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    let hi64 = _mm_unpackhi_epi64(sum128, sum128);
+    let sum64 = _mm_add_epi32(hi64, sum128);
+    let hi32 = _mm_shuffle_epi32(sum64, 0b10_11_00_01);
+    _mm_cvtsi128_si32(_mm_add_epi32(sum64, hi32))
+}
+
+/// ggml's `hsum_i32_4`.
+///
+/// # Safety
+///
+/// SSE2.
+#[inline(always)]
+pub(crate) unsafe fn hsum_i32_4(a: __m128i) -> i32 {
+    let hi64 = _mm_unpackhi_epi64(a, a);
+    let sum64 = _mm_add_epi32(hi64, a);
+    let hi32 = _mm_shuffle_epi32(sum64, 0b10_11_00_01);
+    _mm_cvtsi128_si32(_mm_add_epi32(sum64, hi32))
+}
+
+/// An f16 (little-endian bits) to f32 with F16C, like
+/// `GGML_CPU_FP16_TO_FP32` on x86 (exact either way).
+///
+/// # Safety
+///
+/// F16C.
+#[inline(always)]
+pub(crate) unsafe fn f16_to_f32(bits: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes(bits) as i32
+    )))
+}
+
+/// ggml's `bytes_from_nibbles_32`: 16 bytes of packed nibbles to 32 bytes,
+/// the low nibbles first, then the high ones, each 0..=15. (One 128-bit
+/// broadcast load and a per-half variable shift instead of ggml's shift
+/// and insert; same result.)
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn bytes_from_nibbles_32(qs: &[u8; 16]) -> __m256i {
+    let tmp = _mm256_broadcastsi128_si256(_mm_loadu_si128(qs.as_ptr().cast()));
+    let shifted = _mm256_srlv_epi64(tmp, _mm256_set_epi64x(4, 4, 0, 0));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
+}
+
+/// ggml's `bytes_from_bits_32`: bit `i` of `x` to byte `i`, 0xFF where the
+/// bit is set and 0x00 where not.
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn bytes_from_bits_32(x: u32) -> __m256i {
+    let shuf_mask = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0x0000000000000000,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf_mask);
+    let bit_mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit_mask), _mm256_set1_epi64x(-1))
+}
+
+/// Sums of four consecutive `u8 * i8` products into eight i32 lanes
+/// without VNNI: `maddubs` (pairs, exact while a pair sum fits an i16) and
+/// `madd` with ones. Lane `l` is the sum over bytes `4l..4l+4`, the same
+/// grouping as `vpdpbusd`.
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn dot_u8i8_lanes(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// ggml's `mul_sum_i8_pairs` integer lanes for two signed vectors: the sign
+/// of `x` moved onto `y`, then [`dot_u8i8_lanes`]. (A byte of -128 in `y`
+/// where `x` is negative overflows, as in ggml.)
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn dot_i8i8_lanes(x: __m256i, y: __m256i) -> __m256i {
+    dot_u8i8_lanes(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// `16 * (y[4l] + .. + y[4l+3])` in lane `l`: the offset term that turns
+/// an unsigned 5-bit dot into the signed `(q - 16) * y` one.
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn sum4_times(y: __m256i, times: i8) -> __m256i {
+    dot_u8i8_lanes(_mm256_set1_epi8(times), y)
+}
+
+/// As [`dot_u8i8_lanes`] with VNNI `vpdpbusd`, accumulating onto `acc`
+/// (exact: no intermediate i16).
+///
+/// # Safety
+///
+/// AVX-512 VNNI and VL.
+#[inline(always)]
+pub(crate) unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, s)
+}
+
+/// Generates a level's `mat_vec` and `mat_mat` from its register-tile
+/// kernel `$tile::<R, C>(rows: [&[W]; R], xs: [&[X]; C]) -> [[f32; R]; C]`,
+/// which must give every (row, column) pair the arithmetic of `R = C = 1`
+/// so that all three entry points agree bit for bit.
+///
+/// `mat_vec` runs `$mv_rows` rows per pass over the activation; `mat_mat`
+/// runs `$mm_rows x $mm_cols` tiles (each weight block decoded once per
+/// tile, used for `$mm_cols` columns), with smaller tiles at the edges.
+macro_rules! tile_drivers {
+    ($features:literal, $W:ty, $X:ty, $tile:ident, mv_rows = $mv:literal, mm = $mr:literal x $mc:literal) => {
+        /// `out[r] = dot(rows[r], x)`, `$mv_rows` rows at a time.
+        ///
+        /// # Safety
+        ///
+        /// The CPU must support the features this function is compiled
+        /// for (see its `target_feature`). Lengths are checked.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn mat_vec(rows: &[$W], x: &[$X], out: &mut [f32]) {
+            let nb = x.len();
+            assert_eq!(
+                rows.len(),
+                nb * out.len(),
+                "quant: mat_vec rows/blocks mismatch"
+            );
+            if nb == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let n = out.len();
+            let mut r = 0;
+            while r + $mv <= n {
+                let rs: [&[$W]; $mv] =
+                    core::array::from_fn(|i| &rows[(r + i) * nb..(r + i + 1) * nb]);
+                // SAFETY: same CPU features as this function.
+                let res = unsafe { $tile::<$mv, 1>(rs, [x]) };
+                out[r..r + $mv].copy_from_slice(&res[0]);
+                r += $mv;
+            }
+            while r < n {
+                // SAFETY: same CPU features as this function.
+                let res = unsafe { $tile::<1, 1>([&rows[r * nb..(r + 1) * nb]], [x]) };
+                out[r] = res[0][0];
+                r += 1;
+            }
+        }
+
+        /// `out[c * n_rows + r] = dot(rows[r], xs[c])`, in register tiles.
+        ///
+        /// # Safety
+        ///
+        /// As for `mat_vec`.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn mat_mat(rows: &[$W], xs: &[$X], nb: usize, out: &mut [f32]) {
+            if nb == 0 {
+                out.fill(0.0);
+                return;
+            }
+            let n_rows = rows.len() / nb;
+            let n_cols = xs.len() / nb;
+            assert!(
+                rows.len() == n_rows * nb
+                    && xs.len() == n_cols * nb
+                    && out.len() == n_rows * n_cols,
+                "quant: mat_mat shape mismatch"
+            );
+            let row = |r: usize| &rows[r * nb..(r + 1) * nb];
+            let col = |c: usize| &xs[c * nb..(c + 1) * nb];
+            let mut c = 0;
+            while c < n_cols {
+                let full_cols = c + $mc <= n_cols;
+                let mut r = 0;
+                while r < n_rows {
+                    let full_rows = r + $mr <= n_rows;
+                    if full_rows && full_cols {
+                        // SAFETY: same CPU features as this function.
+                        let res = unsafe {
+                            $tile::<$mr, $mc>(
+                                core::array::from_fn(|i| row(r + i)),
+                                core::array::from_fn(|j| col(c + j)),
+                            )
+                        };
+                        for j in 0..$mc {
+                            out[(c + j) * n_rows + r..(c + j) * n_rows + r + $mr]
+                                .copy_from_slice(&res[j]);
+                        }
+                        r += $mr;
+                    } else if full_cols {
+                        // SAFETY: same CPU features as this function.
+                        let res = unsafe {
+                            $tile::<1, $mc>([row(r)], core::array::from_fn(|j| col(c + j)))
+                        };
+                        for j in 0..$mc {
+                            out[(c + j) * n_rows + r] = res[j][0];
+                        }
+                        r += 1;
+                    } else if full_rows {
+                        for j in c..n_cols {
+                            // SAFETY: same CPU features as this function.
+                            let res = unsafe {
+                                $tile::<$mr, 1>(core::array::from_fn(|i| row(r + i)), [col(j)])
+                            };
+                            out[j * n_rows + r..j * n_rows + r + $mr].copy_from_slice(&res[0]);
+                        }
+                        r += $mr;
+                    } else {
+                        for j in c..n_cols {
+                            // SAFETY: same CPU features as this function.
+                            let res = unsafe { $tile::<1, 1>([row(r)], [col(j)]) };
+                            out[j * n_rows + r] = res[0][0];
+                        }
+                        r += 1;
+                    }
+                }
+                c += if full_cols { $mc } else { n_cols - c };
+            }
+        }
+    };
+}
+pub(crate) use tile_drivers;

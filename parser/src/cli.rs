@@ -7,7 +7,7 @@
 //! the trace root.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -91,6 +91,73 @@ pub struct ExportArgs {
     pub parquet: Option<PathBuf>,
     #[command(flatten)]
     pub filter: Filter,
+}
+
+/// `cktrace analyze`: the memory-access experiments over one bundle, or two
+/// side by side.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AnalyzeArgs {
+    /// Trace bundle directory (default: the last trace recorded).
+    pub dir: Option<PathBuf>,
+    /// A second bundle, shown beside the first in every table and plot.
+    pub dir2: Option<PathBuf>,
+    /// Run only these experiments (comma-separated: traffic, paths,
+    /// file-order).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Output directory (default: `analysis` inside the first bundle).
+    #[arg(short = 'o', long = "out", value_name = "OUT")]
+    pub out: Option<PathBuf>,
+}
+
+impl AnalyzeArgs {
+    /// Run; `Ok(1)` when a check failed (the outputs are written anyway).
+    pub fn run(self, out: &mut dyn Write) -> anyhow::Result<i32> {
+        quiet_pipe(self.run_inner(out))
+    }
+
+    fn run_inner(self, out: &mut dyn Write) -> anyhow::Result<i32> {
+        use crate::analyze;
+        let exps = analyze::select(&self.only)?;
+        let dir = self.dir.context("no trace directory given")?;
+        let mut bundles = Vec::new();
+        for (label, d) in [("A", Some(dir.clone())), ("B", self.dir2.clone())] {
+            let Some(d) = d else { continue };
+            let b = analyze::Bundle::open(label, &d)?;
+            for w in b.trace.warnings() {
+                eprintln!("cktrace: warning: {w}");
+            }
+            bundles.push(b);
+        }
+        let out_dir = self.out.unwrap_or_else(|| dir.join("analysis"));
+        let results = analyze::analyze(&bundles, &exps, io::stderr().is_terminal());
+        analyze::write_outputs(&results, &out_dir)?;
+        for s in &results.experiments {
+            for c in &s.checks {
+                writeln!(
+                    out,
+                    "{} {:<10} {}: {}",
+                    if c.passed { "PASS" } else { "FAIL" },
+                    s.name,
+                    c.bundle,
+                    c.detail
+                )?;
+            }
+        }
+        for t in &results.timing {
+            writeln!(
+                out,
+                "bundle {}: {} records ({:.1} MiB) streamed in {:.3} s",
+                t.bundle,
+                t.records,
+                t.bytes as f64 / (1u64 << 20) as f64,
+                t.seconds
+            )?;
+        }
+        writeln!(out, "wrote {}", out_dir.join("report.html").display())?;
+        out.flush()?;
+        Ok(if results.passed { 0 } else { 1 })
+    }
 }
 
 fn open(dir: Option<PathBuf>) -> anyhow::Result<Trace> {

@@ -8,6 +8,7 @@
 //! against the file's size, and problems come back as a [`ParseError`], as a
 //! warning on the opened [`Trace`], or as a failed [`validate`] check.
 
+pub mod analyze;
 pub mod bench;
 pub mod cli;
 pub mod export;

@@ -8,5 +8,7 @@ pub mod registry;
 pub mod sink;
 
 pub use format::{Engine, KernelPath, Op, Phase, TraceHeader, TraceRecord};
-pub use registry::{layer_of, MemorySource, Meta, Registry, TensorInfo, TensorKind};
+pub use registry::{
+    layer_of, CacheInfo, Machine, MemorySource, Meta, Registry, TensorInfo, TensorKind,
+};
 pub use sink::{SinkStats, TraceSink};

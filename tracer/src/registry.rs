@@ -135,6 +135,59 @@ pub struct Meta {
     pub command_line: Vec<String>,
     pub records: u64,
     pub dropped: u64,
+    /// The machine the run happened on (absent in bundles written before
+    /// cktrace recorded it).
+    #[serde(default)]
+    pub machine: Option<Machine>,
+    /// Steps recorded (`run --trace-steps A..B`: first and last, inclusive);
+    /// absent when every step was traced.
+    #[serde(default)]
+    pub traced_steps: Option<[u32; 2]>,
+    /// Steps that ran but were not recorded (outside `traced_steps`).
+    #[serde(default)]
+    pub untraced_steps: u64,
+}
+
+/// Facts about the machine a trace was recorded on, read at run time (the
+/// analysis may happen elsewhere). Every field is best effort: what the
+/// kernel does not expose stays empty or zero.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// `model name` of /proc/cpuinfo.
+    pub cpu_model: String,
+    /// `flags` of /proc/cpuinfo (first CPU).
+    pub cpu_flags: Vec<String>,
+    /// Logical CPUs online.
+    pub logical_cpus: u32,
+    /// Physical cores (distinct core ids per package).
+    pub physical_cores: u32,
+    /// Caches of CPU 0, from /sys/devices/system/cpu/cpu0/cache.
+    pub caches: Vec<CacheInfo>,
+    /// Page size in bytes (sysconf).
+    pub page_size: u64,
+    /// /sys/kernel/mm/transparent_hugepage/enabled, e.g. `always [madvise] never`.
+    pub thp_enabled: String,
+    /// /sys/kernel/mm/transparent_hugepage/defrag.
+    pub thp_defrag: String,
+    /// uname: system, release and version.
+    pub kernel: String,
+    /// MemTotal of /proc/meminfo, bytes.
+    pub mem_total: u64,
+    /// Threads the engine ran with.
+    pub threads_used: u32,
+}
+
+/// One CPU cache level.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheInfo {
+    pub level: u32,
+    /// `Data`, `Instruction` or `Unified`.
+    pub kind: String,
+    pub size_bytes: u64,
+    pub line_bytes: u64,
+    pub ways: u32,
+    /// The sysfs `shared_cpu_list` (which logical CPUs share it).
+    pub shared_cpus: String,
 }
 
 #[cfg(test)]

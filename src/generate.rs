@@ -69,10 +69,25 @@ pub fn generate(
     ctx: &mut Context,
     params: &GenParams,
     hook: &mut dyn StepHook,
+    on_text: impl FnMut(&str),
+) -> Result<GenOutput> {
+    generate_from(ctx, params, None, hook, on_text)
+}
+
+/// As [`generate`], with the prompt given as token ids when `tokens` is set
+/// (`params.prompt` is then not tokenized).
+pub fn generate_from(
+    ctx: &mut Context,
+    params: &GenParams,
+    tokens: Option<&[i32]>,
+    hook: &mut dyn StepHook,
     mut on_text: impl FnMut(&str),
 ) -> Result<GenOutput> {
     let model = ctx.model();
-    let prompt_tokens = model.tokenize(&params.prompt, true)?;
+    let prompt_tokens = match tokens {
+        Some(t) => t.to_vec(),
+        None => model.tokenize(&params.prompt, true)?,
+    };
     let mut sampler = Sampler::new(params.temp, params.seed);
     let mut out = GenOutput {
         prompt_tokens: prompt_tokens.clone(),

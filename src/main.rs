@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
-use cktrace::generate::{generate, GenParams, NoHook};
+use cktrace::generate::{generate_from, GenParams, NoHook};
 use cktrace::llama::{self, Context, ContextParams, Model, ModelParams};
 use cktrace::trace::TraceSession;
 use cktrace::{bench, models};
@@ -53,6 +53,10 @@ enum Cmd {
     Parse(cktrace_parser::cli::ParseArgs),
     /// Export a trace for Perfetto (--chrome) or DuckDB/Polars (--parquet).
     Export(cktrace_parser::cli::ExportArgs),
+    /// Memory-access experiments (traffic, kernel paths, file order) over a
+    /// trace, or two side by side: results.json, results.md, SVG plots and a
+    /// self-contained report.html.
+    Analyze(cktrace_parser::cli::AnalyzeArgs),
     /// Measure speed side by side (medians of alternating repetitions, ratios).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -64,10 +68,17 @@ enum Cmd {
     Info,
     /// Write the tiny random-weight mixture-of-experts GGUF used to exercise
     /// MUL_MAT_ID (4 experts, 2 used, 2 layers).
+    ///
+    /// With `--like tinyllama-1.1b`: a llama model with TinyLlama-1.1B's
+    /// shapes and SmolLM2's tokenizer (vocabulary 49152), random weights in
+    /// F16, for `cktrace quantize OUT.gguf OUT-Q4_K_M.gguf Q4_K_M`.
     TestModel {
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write a model of this real model's shapes instead (tinyllama-1.1b).
+        #[arg(long, value_name = "MODEL")]
+        like: Option<String>,
     },
 }
 
@@ -177,6 +188,17 @@ struct RunArgs {
     /// Also record every other op (norms, rope, softmax, ...) at op level.
     #[arg(long)]
     trace_ops: bool,
+    /// Read the prompt text from FILE instead of -p.
+    #[arg(long, value_name = "FILE", conflicts_with = "tokens")]
+    prompt_file: Option<PathBuf>,
+    /// Feed the token ids in FILE (integers separated by whitespace or
+    /// commas) as the prompt: no tokenizer, no chat template.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Record only steps A..B (inclusive; step 0 is the prompt, `A..` runs
+    /// to the end); the other steps run untraced and are counted in meta.json.
+    #[arg(long, value_name = "A..B", requires = "trace", value_parser = parse_step_range)]
+    trace_steps: Option<(u32, u32)>,
 }
 
 fn main() -> ExitCode {
@@ -253,7 +275,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             a.dir = Some(last_trace_or(a.dir.take())?);
             Ok(ExitCode::from(a.run(&mut std::io::stdout().lock())? as u8))
         }
-        Cmd::TestModel { out, seed } => {
+        Cmd::Analyze(mut a) => {
+            a.dir = Some(last_trace_or(a.dir.take())?);
+            Ok(ExitCode::from(a.run(&mut std::io::stdout().lock())? as u8))
+        }
+        Cmd::TestModel {
+            out,
+            seed,
+            like: Some(like),
+        } => {
+            let tokenizer = resolve_model(Some("smollm2"))?;
+            let info = cktrace::testmodel::write_like(&like, &tokenizer, &out, seed)?;
+            println!("wrote {}: {}", out.display(), info);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::TestModel { out, seed, .. } => {
             let info = cktrace::testmodel::write_tiny_moe(&out, seed)?;
             println!(
                 "wrote {}: llama MoE, {} layers, {} experts ({} used), vocab {}",
@@ -290,12 +326,31 @@ fn quantize_cb(src: &Path, dst: &Path, ftype: &str) -> Result<()> {
     Ok(())
 }
 
-fn cmd_run(a: RunArgs) -> Result<ExitCode> {
+fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
     if a.threads < 1 {
         bail!("--threads must be at least 1 (got {})", a.threads);
     }
+    if let Some(f) = &a.prompt_file {
+        a.prompt = std::fs::read_to_string(f)
+            .with_context(|| format!("--prompt-file {}: cannot read", f.display()))?;
+    }
     let path = resolve_model(a.model.as_deref())?;
     let model = a.load.load(&path)?;
+    let token_ids = match &a.tokens {
+        Some(f) => Some(read_token_file(f, model.n_vocab())?),
+        None => None,
+    };
+    if let Some(t) = &token_ids {
+        if t.len() + a.n_predict > a.ctx as usize {
+            bail!(
+                "--tokens {}: {} prompt tokens + {} to generate exceed --ctx {}",
+                a.tokens.as_deref().unwrap_or(Path::new("")).display(),
+                t.len(),
+                a.n_predict,
+                a.ctx
+            );
+        }
+    }
     let mut ctx = Context::new(
         &model,
         ContextParams {
@@ -305,7 +360,7 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
         },
         None,
     )?;
-    let text = if a.raw {
+    let text = if a.raw || token_ids.is_some() {
         None
     } else {
         model.chat_prompt(&a.prompt)
@@ -338,11 +393,18 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut io_err = None;
     let mut no_hook = NoHook;
-    let hook: &mut dyn cktrace::generate::StepHook = match session.as_mut() {
-        Some(s) => s,
+    let mut window = session.as_mut().map(|s| StepWindow {
+        session: s,
+        range: a.trace_steps.unwrap_or((0, u32::MAX)),
+        untraced: 0,
+        recording: true,
+        current: false,
+    });
+    let hook: &mut dyn cktrace::generate::StepHook = match window.as_mut() {
+        Some(w) => w,
         None => &mut no_hook,
     };
-    let out = generate(&mut ctx, &params, hook, |s| {
+    let out = generate_from(&mut ctx, &params, token_ids.as_deref(), hook, |s| {
         if io_err.is_none() {
             let mut lock = stdout.lock();
             if let Err(e) = lock.write_all(s.as_bytes()).and_then(|_| lock.flush()) {
@@ -357,8 +419,14 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode> {
     writeln!(lock)?;
     writeln!(lock, "{}", out.timing_line())?;
     drop(lock);
+    let untraced = window.map(|w| w.untraced).unwrap_or(0);
     if let Some(mut s) = session {
+        let n_steps = out.step_tokens.len() as u32;
         let meta = Meta {
+            traced_steps: a
+                .trace_steps
+                .map(|(x, y)| [x, y.min(n_steps.saturating_sub(1))]),
+            untraced_steps: untraced,
             model_sha256: models::sha256_file(&path)
                 .with_context(|| format!("hashing {}", path.display()))?,
             prompt_tokens: out.prompt_tokens.clone(),
@@ -436,6 +504,87 @@ fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
     }
 }
 
+/// `--trace-steps A..B` (inclusive) or `A..` (to the end).
+fn parse_step_range(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("'{s}' is not a step range A..B (e.g. 4..20, or 4.. to the end)"))?;
+    let b = b.strip_prefix('=').unwrap_or(b);
+    let a: u32 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}': the first step is not a number"))?;
+    let b: u32 = if b.trim().is_empty() {
+        u32::MAX
+    } else {
+        b.trim()
+            .parse()
+            .map_err(|_| format!("'{s}': the last step is not a number"))?
+    };
+    if b < a {
+        return Err(format!("'{s}': the last step is before the first"));
+    }
+    Ok((a, b))
+}
+
+/// Token ids from a file: integers separated by whitespace or commas, each
+/// below the model's vocabulary size.
+fn read_token_file(path: &Path, n_vocab: usize) -> Result<Vec<i32>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--tokens {}: cannot read", path.display()))?;
+    let mut ids = Vec::new();
+    for w in text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+    {
+        let id: i64 = w
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--tokens {}: '{w}' is not a token id", path.display()))?;
+        if id < 0 || id as usize >= n_vocab {
+            bail!(
+                "--tokens {}: token id {id} is outside the vocabulary (0..{n_vocab})",
+                path.display()
+            );
+        }
+        ids.push(id as i32);
+    }
+    if ids.is_empty() {
+        bail!("--tokens {}: no token ids in the file", path.display());
+    }
+    Ok(ids)
+}
+
+/// The step hook of a traced run with `--trace-steps`: steps inside the
+/// window go to the trace session, the others run with the hook removed and
+/// are counted.
+struct StepWindow<'a> {
+    session: &'a mut TraceSession,
+    range: (u32, u32),
+    untraced: u64,
+    recording: bool,
+    current: bool,
+}
+
+impl cktrace::generate::StepHook for StepWindow<'_> {
+    fn before(&mut self, step: u32, pos: i32, tokens: &[i32]) {
+        self.current = step >= self.range.0 && step <= self.range.1;
+        if self.current != self.recording {
+            self.session.set_recording(self.current);
+            self.recording = self.current;
+        }
+        if self.current {
+            self.session.before(step, pos, tokens);
+        } else {
+            self.untraced += 1;
+        }
+    }
+    fn after(&mut self, step: u32) {
+        if self.current {
+            self.session.after(step);
+        }
+    }
+}
+
 /// `dir`, or the last trace written under the trace root.
 fn last_trace_or(dir: Option<PathBuf>) -> Result<PathBuf> {
     cktrace_parser::cli::resolve_dir(dir, &cktrace::trace_root())
@@ -460,6 +609,7 @@ fn run_meta(path: &Path, model: &Model, threads: i32, load: &LoadArgs, prompt: &
         llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
         llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
         command_line: std::env::args().collect(),
+        machine: Some(cktrace_parser::analyze::machine::collect(threads as u32)),
         ..Default::default()
     }
 }

@@ -257,6 +257,190 @@ pub fn write_tiny_moe_with(
     })
 }
 
+/// The shapes of a real model that [`write_like`] can imitate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LikeConfig {
+    /// The `--like` name.
+    pub name: &'static str,
+    /// The model whose shapes these are.
+    pub original: &'static str,
+    pub n_layer: u32,
+    pub n_embd: u32,
+    pub n_ff: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub n_ctx: u32,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+}
+
+/// TinyLlama-1.1B (the model the seed thesis traced): 22 layers, width
+/// 2048, FFN 5632, 32 heads, 4 KV heads, RoPE base 10000.
+pub const TINYLLAMA_1_1B: LikeConfig = LikeConfig {
+    name: "tinyllama-1.1b",
+    original: "TinyLlama-1.1B",
+    n_layer: 22,
+    n_embd: 2048,
+    n_ff: 5632,
+    n_head: 32,
+    n_head_kv: 4,
+    n_ctx: 2048,
+    rope_base: 10000.0,
+    rms_eps: 1e-5,
+};
+
+/// The `--like` names.
+pub const LIKE: &[LikeConfig] = &[TINYLLAMA_1_1B];
+
+/// Writes a `llama` model with the shapes of `like` (see [`LIKE`]), the
+/// tokenizer of the GGUF model `tokenizer_from` (every `tokenizer.*` key
+/// copied, so its vocabulary size is that model's, not the original's), and
+/// random weights in F16: matrices N(0, 0.02²), norms 1. `cktrace quantize`
+/// then applies llama.cpp's own type rules to it. Returns a one-line
+/// description.
+pub fn write_like(
+    like: &str,
+    tokenizer_from: &Path,
+    path: &Path,
+    seed: u64,
+) -> Result<String, GgufError> {
+    let cfg = LIKE
+        .iter()
+        .find(|c| c.name == like)
+        .ok_or_else(|| GgufError::Invalid {
+            path: path.to_path_buf(),
+            msg: format!(
+                "--like {like}: unknown model (known: {})",
+                LIKE.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+    let tok = GgufFile::open(tokenizer_from)?;
+    let n_vocab = tok.get_str_arr("tokenizer.ggml.tokens")?.len() as u64;
+    // `SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct`.
+    let tok_name = tokenizer_from
+        .file_name()
+        .map(|f| {
+            f.to_string_lossy()
+                .split('.')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| tokenizer_from.display().to_string());
+    let name = format!(
+        "cktrace random {} shapes, {} tokenizer (vocab {n_vocab})",
+        cfg.original, tok_name
+    );
+    let head_dim = cfg.n_embd / cfg.n_head;
+    let (embd, ff, vocab) = (cfg.n_embd as u64, cfg.n_ff as u64, n_vocab);
+    let kv_dim = (head_dim * cfg.n_head_kv) as u64;
+
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", "llama")
+        .add_metadata("general.name", name.as_str())
+        .add_metadata(
+            "general.description",
+            format!(
+                "Random weights with the tensor shapes of {} ({} layers, width {}, FFN {}, {} heads, {} KV heads), but the tokenizer of {}: vocabulary {n_vocab}, not the original's. Written by cktrace test-model --like {} for memory-access experiments; the text it generates means nothing.",
+                cfg.original, cfg.n_layer, cfg.n_embd, cfg.n_ff, cfg.n_head, cfg.n_head_kv, tok_name, cfg.name
+            )
+            .as_str(),
+        )
+        .add_metadata("general.file_type", 1u32)
+        .add_metadata("llama.vocab_size", n_vocab as u32)
+        .add_metadata("llama.context_length", cfg.n_ctx)
+        .add_metadata("llama.embedding_length", cfg.n_embd)
+        .add_metadata("llama.block_count", cfg.n_layer)
+        .add_metadata("llama.feed_forward_length", cfg.n_ff)
+        .add_metadata("llama.attention.head_count", cfg.n_head)
+        .add_metadata("llama.attention.head_count_kv", cfg.n_head_kv)
+        .add_metadata("llama.attention.layer_norm_rms_epsilon", cfg.rms_eps)
+        .add_metadata("llama.rope.dimension_count", head_dim)
+        .add_metadata("llama.rope.freq_base", cfg.rope_base);
+    for (k, v) in tok.metadata() {
+        if k.starts_with("tokenizer.") {
+            w.add_metadata(k.clone(), v.clone());
+        }
+    }
+
+    let mut rng = SplitMix64(seed);
+    const STD: f32 = 0.02;
+    let ones = |n: u64| f32_bytes(&vec![1.0; n as usize]);
+    let mut f16s = |n: u64| -> Vec<u8> {
+        let mut out = Vec::with_capacity(n as usize * 2);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(1 << 20);
+            for v in rng.normals(k, STD) {
+                out.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+            }
+            left -= k;
+        }
+        out
+    };
+    w.add_tensor(
+        "token_embd.weight",
+        &[embd, vocab],
+        GgmlType::F16,
+        f16s(embd * vocab),
+    )?;
+    for il in 0..cfg.n_layer {
+        let name = |t: &str| format!("blk.{il}.{t}.weight");
+        w.add_tensor(name("attn_norm"), &[embd], GgmlType::F32, ones(embd))?;
+        w.add_tensor(
+            name("attn_q"),
+            &[embd, embd],
+            GgmlType::F16,
+            f16s(embd * embd),
+        )?;
+        w.add_tensor(
+            name("attn_k"),
+            &[embd, kv_dim],
+            GgmlType::F16,
+            f16s(embd * kv_dim),
+        )?;
+        w.add_tensor(
+            name("attn_v"),
+            &[embd, kv_dim],
+            GgmlType::F16,
+            f16s(embd * kv_dim),
+        )?;
+        w.add_tensor(
+            name("attn_output"),
+            &[embd, embd],
+            GgmlType::F16,
+            f16s(embd * embd),
+        )?;
+        w.add_tensor(name("ffn_norm"), &[embd], GgmlType::F32, ones(embd))?;
+        w.add_tensor(
+            name("ffn_gate"),
+            &[embd, ff],
+            GgmlType::F16,
+            f16s(embd * ff),
+        )?;
+        w.add_tensor(name("ffn_up"), &[embd, ff], GgmlType::F16, f16s(embd * ff))?;
+        w.add_tensor(
+            name("ffn_down"),
+            &[ff, embd],
+            GgmlType::F16,
+            f16s(ff * embd),
+        )?;
+    }
+    w.add_tensor("output_norm.weight", &[embd], GgmlType::F32, ones(embd))?;
+    w.add_tensor(
+        "output.weight",
+        &[embd, vocab],
+        GgmlType::F16,
+        f16s(embd * vocab),
+    )?;
+    w.write(path)?;
+    Ok(format!(
+        "{name}: llama, {} layers, width {}, FFN {}, {}/{} heads, F16",
+        cfg.n_layer, cfg.n_embd, cfg.n_ff, cfg.n_head, cfg.n_head_kv
+    ))
+}
+
 /// SplitMix64 (Steele, Lea and Flood 2014): a small, fast, seedable PRNG
 /// whose every seed (including 0) gives a good stream.
 struct SplitMix64(u64);

@@ -674,6 +674,17 @@ impl TraceSession {
         }
     }
 
+    /// Stop or resume recording between steps (`run --trace-steps`): the
+    /// hook is removed while off, so untraced steps cost nothing.
+    pub fn set_recording(&mut self, on: bool) {
+        if self.finished {
+            return;
+        }
+        // SAFETY: called between decodes (no worker is inside the hook); the
+        // hook state stays installed, so resuming needs nothing else.
+        unsafe { ffi::ggml_cpu_set_trace_hook(if on { Some(ggml_trace_hook) } else { None }) };
+    }
+
     /// Remove the hook, flush everything, write registry.json and meta.json.
     pub fn finish(&mut self, mut meta: Meta) -> Result<SinkStats> {
         self.finished = true;

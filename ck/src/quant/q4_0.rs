@@ -2,7 +2,10 @@
 //! `d * (q_i - 8)`. Dotted with Q8_0 activations.
 
 use super::q8_0::BlockQ8_0;
-use super::{f16_to_f32, f32_to_f16, Block, WeightKernels};
+use super::{
+    f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
+    WeightKernels,
+};
 
 pub const QK4_0: usize = 32;
 
@@ -83,6 +86,103 @@ pub(crate) fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     sum
 }
 
+/// AVX2 + FMA + F16C. The float side is ggml's AVX2
+/// `ggml_vec_dot_q4_0_q8_0`; the integer side keeps the nibbles unsigned
+/// and subtracts `8 * sum(y)` once per activation block.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::{BlockQ4_0, BlockQ8_0};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn weights(w: &BlockQ4_0) -> __m256i {
+        bytes_from_nibbles_32(&w.qs)
+    }
+
+    #[inline(always)]
+    unsafe fn act(x: &BlockQ8_0) -> Act {
+        let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
+        Act {
+            y,
+            off: sum4_times(y, 8),
+            d: f16_splat(x.d),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
+        _mm256_sub_epi32(dot_u8i8_lanes(wu, a.y), a.off)
+    }
+
+    scaled_block_tile!(BlockQ4_0, BlockQ8_0);
+
+    tile_drivers!("avx2,fma,f16c", BlockQ4_0, BlockQ8_0, tile, mv_rows = 4, mm = 2 x 4);
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
+/// AVX-512 (BW, VL) + VNNI on 256-bit vectors: one `vpdpbusd` per block
+/// from `-8 * sum(y)`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::{BlockQ4_0, BlockQ8_0};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn weights(w: &BlockQ4_0) -> __m256i {
+        bytes_from_nibbles_32(&w.qs)
+    }
+
+    #[inline(always)]
+    unsafe fn act(x: &BlockQ8_0) -> Act {
+        let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
+        let off = dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(8), y);
+        Act {
+            y,
+            off: _mm256_sub_epi32(_mm256_setzero_si256(), off),
+            d: f16_splat(x.d),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
+        dpbusd(a.off, wu, a.y)
+    }
+
+    scaled_block_tile!(BlockQ4_0, BlockQ8_0);
+
+    tile_drivers!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        BlockQ4_0,
+        BlockQ8_0,
+        tile,
+        mv_rows = 4,
+        mm = 4 x 4
+    );
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -92,16 +192,68 @@ impl WeightKernels for Kernels {
     fn vec_dot_scalar(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
         vec_dot_q4_0_q8_0(w, x)
     }
+
+    fn mat_vec(kern: Level, rows: &[BlockQ4_0], x: &[BlockQ8_0], out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_vec(rows, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_vec(rows, x, out) },
+            _ => mat_vec_scalar::<Self>(rows, x, out),
+        }
+    }
+
+    fn mat_mat(kern: Level, rows: &[BlockQ4_0], xs: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_mat(rows, xs, nb, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_mat(rows, xs, nb, out) },
+            _ => mat_mat_scalar::<Self>(rows, xs, nb, out),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::gguf::GgmlType;
     use crate::quant::testutil;
 
     #[test]
     fn q4_0_kernels_match_scalar_and_references() {
         testutil::check_weight_type(GgmlType::Q4_0, 4);
+    }
+
+    #[test]
+    fn q4_0_simd_block_sums_equal_scalar() {
+        let gen = |rng: &mut testutil::Rng, trial: usize| {
+            let mut w = BlockQ4_0 {
+                d: rng.f16_scale(1e-3, 1e-1, true),
+                qs: std::array::from_fn(|_| rng.byte()),
+            };
+            let mut x = BlockQ8_0 {
+                d: rng.f16_scale(1e-3, 1e-1, false),
+                qs: std::array::from_fn(|_| rng.i8_127()),
+            };
+            match trial {
+                0 => (w.qs, x.qs) = ([0; 16], [-127; 32]),
+                1 => (w.qs, x.qs) = ([0xFF; 16], [127; 32]),
+                _ => {}
+            }
+            (w, x)
+        };
+        testutil::check_block_sums(
+            "q4_0",
+            4000,
+            gen,
+            block_dot,
+            &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
+        );
     }
 
     #[test]

@@ -111,78 +111,8 @@ pub(crate) fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
     sum
 }
 
-/// The Q5_0 tile shared by both x86 levels: `$weights` decodes a block to
-/// 32 unsigned bytes (0..=31), `$act` loads an activation block with its
-/// offset term, `$lanes` makes the eight exact i32 lanes of
-/// `(q - 16) * y`. The float side is ggml's AVX2 `ggml_vec_dot_q5_0_q8_0`:
-/// one FMA of `d_w * d_x` times the lanes per block into eight f32 lanes,
-/// then `hsum_float_8`.
-#[cfg(target_arch = "x86_64")]
-macro_rules! q5_0_tile {
-    () => {
-        /// One activation block, loaded once per tile column.
-        struct Act {
-            y: __m256i,
-            off: __m256i,
-            d: f32,
-        }
-
-        /// # Safety
-        ///
-        /// The CPU features of this module's kernels.
-        #[inline(always)]
-        unsafe fn tile<const R: usize, const C: usize>(
-            rows: [&[BlockQ5_0]; R],
-            xs: [&[BlockQ8_0]; C],
-        ) -> [[f32; R]; C] {
-            let nb = xs[0].len();
-            for r in &rows {
-                assert_eq!(r.len(), nb);
-            }
-            for x in &xs {
-                assert_eq!(x.len(), nb);
-            }
-            let mut acc = [[_mm256_setzero_ps(); R]; C];
-            for b in 0..nb {
-                let mut wu = [_mm256_setzero_si256(); R];
-                let mut dw = [0.0f32; R];
-                for r in 0..R {
-                    let w = &rows[r][b];
-                    wu[r] = weights(w);
-                    dw[r] = f16_to_f32(w.d);
-                }
-                for c in 0..C {
-                    let a = act(&xs[c][b]);
-                    for r in 0..R {
-                        let d = _mm256_set1_ps(dw[r] * a.d);
-                        let q = _mm256_cvtepi32_ps(lanes(wu[r], &a));
-                        acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);
-                    }
-                }
-            }
-            let mut out = [[0.0f32; R]; C];
-            for c in 0..C {
-                for r in 0..R {
-                    out[c][r] = hsum_float_8(acc[c][r]);
-                }
-            }
-            out
-        }
-
-        /// The exact integer dot product of one block pair, through the
-        /// same lanes as the kernels.
-        ///
-        /// # Safety
-        ///
-        /// The CPU features of this module's kernels.
-        #[inline(always)]
-        pub(crate) unsafe fn block_dot_lanes(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
-            hsum_i32_8(lanes(weights(w), &act(x)))
-        }
-    };
-}
-
-/// AVX2 + FMA + F16C.
+/// AVX2 + FMA + F16C. The float side is ggml's AVX2
+/// `ggml_vec_dot_q5_0_q8_0` (see [`scaled_block_tile`](crate::quant::x86)).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::{BlockQ5_0, BlockQ8_0};
@@ -207,7 +137,7 @@ pub(crate) mod avx2 {
         Act {
             y,
             off: sum4_times(y, 16),
-            d: f16_to_f32(x.d),
+            d: f16_splat(x.d),
         }
     }
 
@@ -217,7 +147,7 @@ pub(crate) mod avx2 {
         _mm256_sub_epi32(dot_u8i8_lanes(wu, a.y), a.off)
     }
 
-    q5_0_tile!();
+    scaled_block_tile!(BlockQ5_0, BlockQ8_0);
 
     tile_drivers!("avx2,fma,f16c", BlockQ5_0, BlockQ8_0, tile, mv_rows = 4, mm = 2 x 4);
 
@@ -257,7 +187,7 @@ pub(crate) mod avx512 {
         Act {
             y,
             off: _mm256_sub_epi32(_mm256_setzero_si256(), off),
-            d: f16_to_f32(x.d),
+            d: f16_splat(x.d),
         }
     }
 
@@ -267,7 +197,7 @@ pub(crate) mod avx512 {
         dpbusd(a.off, wu, a.y)
     }
 
-    q5_0_tile!();
+    scaled_block_tile!(BlockQ5_0, BlockQ8_0);
 
     tile_drivers!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
@@ -337,12 +267,10 @@ mod tests {
     }
 
     /// The SIMD twins' integer block sums equal the scalar ones exactly,
-    /// on random blocks including the extreme values.
+    /// on random blocks and the extreme ones.
     #[test]
     fn q5_0_simd_block_sums_equal_scalar() {
-        let mut rng = testutil::Rng::new(60);
-        let mut checked = 0;
-        for trial in 0..2000 {
+        let gen = |rng: &mut testutil::Rng, trial: usize| {
             let mut w = BlockQ5_0 {
                 d: rng.f16_scale(1e-3, 1e-1, true),
                 qh: std::array::from_fn(|_| rng.byte()),
@@ -352,30 +280,21 @@ mod tests {
                 d: rng.f16_scale(1e-3, 1e-1, false),
                 qs: std::array::from_fn(|_| rng.i8_127()),
             };
-            if trial == 0 {
-                // All weights 0 (-16) against all activations -127 / 127.
-                w.qh = [0; 4];
-                w.qs = [0; 16];
-                x.qs = [-127; 32];
-            } else if trial == 1 {
-                w.qh = [0xFF; 4];
-                w.qs = [0xFF; 16];
-                x.qs = [127; 32];
+            match trial {
+                // All weights -16 against -127, then all +15 against 127.
+                0 => (w.qh, w.qs, x.qs) = ([0; 4], [0; 16], [-127; 32]),
+                1 => (w.qh, w.qs, x.qs) = ([0xFF; 4], [0xFF; 16], [127; 32]),
+                _ => {}
             }
-            let s = block_dot(&w, &x);
-            for level in testutil::simd_levels() {
-                let v = match level {
-                    // SAFETY: `simd_levels` only lists levels the CPU has.
-                    KernelLevel::Avx2 => unsafe { avx2::block_dot(&w, &x) },
-                    // SAFETY: as above.
-                    KernelLevel::Avx512 => unsafe { avx512::block_dot(&w, &x) },
-                    KernelLevel::Scalar => unreachable!(),
-                };
-                assert_eq!(v, s, "{level} trial {trial}");
-                checked += 1;
-            }
-        }
-        assert_eq!(checked, 2000 * testutil::simd_levels().len());
+            (w, x)
+        };
+        testutil::check_block_sums(
+            "q5_0",
+            4000,
+            gen,
+            block_dot,
+            &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
+        );
         let w = BlockQ5_0 {
             d: [0; 2],
             qh: [0; 4],

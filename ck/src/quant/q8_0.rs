@@ -1,7 +1,10 @@
 //! Q8_0: 32 int8 values with one f16 scale. Both a weight type and the
 //! activation type of Q4_0, Q5_0 and Q8_0 weights.
 
-use super::{f16_to_f32, f32_to_f16, Block, Kernels as Level, WeightKernels};
+use super::{
+    f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
+    WeightKernels,
+};
 
 pub const QK8_0: usize = 32;
 
@@ -76,6 +79,12 @@ pub(crate) fn quantize_row_scalar(x: &[f32], dst: &mut [BlockQ8_0]) {
 }
 
 pub(crate) fn quantize_row(kern: Level, x: &[f32], dst: &mut [BlockQ8_0]) {
+    #[cfg(target_arch = "x86_64")]
+    if kern.level() >= KernelLevel::Avx2 {
+        // SAFETY: a `Kernels` at Avx2 or above proves avx2, fma and f16c.
+        unsafe { avx2::quantize_row(x, dst) };
+        return;
+    }
     let _ = kern;
     quantize_row_scalar(x, dst);
 }
@@ -110,6 +119,198 @@ pub(crate) fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     sum
 }
 
+/// AVX2 + FMA + F16C: ggml's AVX2 `quantize_row_q8_0` and
+/// `ggml_vec_dot_q8_0_q8_0` (sign trick, `maddubs` + `madd`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::{BlockQ8_0, QK8_0};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// The block's amax, `d = amax / 127`, and its 32 values as four
+    /// vectors of i32 (`round_half_even(x * 127 / amax)`), as in ggml's
+    /// x86 `quantize_row_q8_0`/`q8_1`.
+    ///
+    /// # Safety
+    ///
+    /// AVX2; `x` has 32 elements.
+    #[inline(always)]
+    pub(crate) unsafe fn quantize_block(x: &[f32]) -> (f32, [__m256i; 4]) {
+        assert_eq!(x.len(), QK8_0);
+        let p = x.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut max_abs = _mm256_andnot_ps(sign, v[0]);
+        max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, v[1]));
+        max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, v[2]));
+        max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, v[3]));
+        let mut max4 = _mm_max_ps(
+            _mm256_extractf128_ps(max_abs, 1),
+            _mm256_castps256_ps128(max_abs),
+        );
+        max4 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
+        max4 = _mm_max_ss(max4, _mm_movehdup_ps(max4));
+        let max_scalar = _mm_cvtss_f32(max4);
+        let d = max_scalar / 127.0;
+        let id = if max_scalar != 0.0 {
+            127.0 / max_scalar
+        } else {
+            0.0
+        };
+        let mul = _mm256_set1_ps(id);
+        let q = v.map(|v| {
+            let r = _mm256_round_ps(_mm256_mul_ps(v, mul), _MM_FROUND_TO_NEAREST_INT);
+            _mm256_cvtps_epi32(r)
+        });
+        (d, q)
+    }
+
+    /// ggml's pack of four i32 vectors into 32 saturated i8 in order.
+    ///
+    /// # Safety
+    ///
+    /// AVX2.
+    #[inline(always)]
+    pub(crate) unsafe fn pack_i8(q: [__m256i; 4], dst: &mut [i8; 32]) {
+        let i0 = _mm256_packs_epi32(q[0], q[1]);
+        let i2 = _mm256_packs_epi32(q[2], q[3]);
+        let i0 = _mm256_packs_epi16(i0, i2);
+        let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        _mm256_storeu_si256(
+            dst.as_mut_ptr().cast(),
+            _mm256_permutevar8x32_epi32(i0, perm),
+        );
+    }
+
+    /// f32 to f16 bits with F16C, round to nearest even
+    /// (`GGML_CPU_FP32_TO_FP16`).
+    ///
+    /// # Safety
+    ///
+    /// F16C.
+    #[inline(always)]
+    pub(crate) unsafe fn f32_to_f16(x: f32) -> [u8; 2] {
+        let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x));
+        (_mm_extract_epi16::<0>(h) as u16).to_le_bytes()
+    }
+
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [BlockQ8_0]) {
+        assert_eq!(
+            x.len(),
+            dst.len() * QK8_0,
+            "quant: q8_0 quantize length mismatch"
+        );
+        for (b, xb) in dst.iter_mut().zip(x.chunks_exact(QK8_0)) {
+            // SAFETY: same CPU features as this function; 32 elements.
+            unsafe {
+                let (d, q) = quantize_block(xb);
+                b.d = f32_to_f16(d);
+                pack_i8(q, &mut b.qs);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn weights(w: &BlockQ8_0) -> __m256i {
+        _mm256_loadu_si256(w.qs.as_ptr().cast())
+    }
+
+    #[inline(always)]
+    unsafe fn act(x: &BlockQ8_0) -> Act {
+        Act {
+            y: _mm256_loadu_si256(x.qs.as_ptr().cast()),
+            off: _mm256_setzero_si256(),
+            d: f16_splat(x.d),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lanes(wv: __m256i, a: &Act) -> __m256i {
+        let _ = a.off;
+        dot_i8i8_lanes(wv, a.y)
+    }
+
+    scaled_block_tile!(BlockQ8_0, BlockQ8_0);
+
+    tile_drivers!("avx2,fma,f16c", BlockQ8_0, BlockQ8_0, tile, mv_rows = 4, mm = 2 x 4);
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ8_0, x: &BlockQ8_0) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
+/// AVX-512 (BW, VL) + VNNI on 256-bit vectors: the weights biased to
+/// unsigned (`w ^ 0x80 = w + 128`) so one `vpdpbusd` does the
+/// multiply-add, starting from `-128 * sum(y)` per group of four.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::BlockQ8_0;
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn weights(w: &BlockQ8_0) -> __m256i {
+        _mm256_xor_si256(
+            _mm256_loadu_si256(w.qs.as_ptr().cast()),
+            _mm256_set1_epi8(-128),
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn act(x: &BlockQ8_0) -> Act {
+        let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
+        let off = dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(-128), y);
+        Act {
+            y,
+            off: _mm256_sub_epi32(_mm256_setzero_si256(), off),
+            d: f16_splat(x.d),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
+        dpbusd(a.off, wu, a.y)
+    }
+
+    scaled_block_tile!(BlockQ8_0, BlockQ8_0);
+
+    tile_drivers!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        BlockQ8_0,
+        BlockQ8_0,
+        tile,
+        mv_rows = 4,
+        mm = 4 x 4
+    );
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ8_0, x: &BlockQ8_0) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -118,6 +319,30 @@ impl WeightKernels for Kernels {
 
     fn vec_dot_scalar(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
         vec_dot_q8_0_q8_0(w, x)
+    }
+
+    fn mat_vec(kern: Level, rows: &[BlockQ8_0], x: &[BlockQ8_0], out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_vec(rows, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_vec(rows, x, out) },
+            _ => mat_vec_scalar::<Self>(rows, x, out),
+        }
+    }
+
+    fn mat_mat(kern: Level, rows: &[BlockQ8_0], xs: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_mat(rows, xs, nb, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_mat(rows, xs, nb, out) },
+            _ => mat_mat_scalar::<Self>(rows, xs, nb, out),
+        }
     }
 }
 
@@ -171,6 +396,62 @@ mod tests {
             kern.quantize_row(GgmlType::Q8_0, &[0.0; 32], &mut q)
                 .unwrap();
             assert_eq!(q, [0u8; 34]);
+        }
+    }
+
+    #[test]
+    fn q8_0_simd_block_sums_equal_scalar() {
+        let gen = |rng: &mut testutil::Rng, trial: usize| {
+            let mut w = BlockQ8_0 {
+                d: rng.f16_scale(1e-3, 1e-1, true),
+                qs: std::array::from_fn(|_| rng.byte() as i8),
+            };
+            let mut x = BlockQ8_0 {
+                d: rng.f16_scale(1e-3, 1e-1, false),
+                qs: std::array::from_fn(|_| rng.i8_127()),
+            };
+            match trial {
+                // Weights may hold -128 (activations never do).
+                0 => (w.qs, x.qs) = ([-128; 32], [-127; 32]),
+                1 => (w.qs, x.qs) = ([-128; 32], [127; 32]),
+                2 => (w.qs, x.qs) = ([127; 32], [127; 32]),
+                _ => {}
+            }
+            (w, x)
+        };
+        testutil::check_block_sums(
+            "q8_0",
+            4000,
+            gen,
+            block_dot,
+            &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
+        );
+    }
+
+    /// The SIMD quantizer writes the scalar one's bytes on awkward inputs:
+    /// ties at every scale, tiny and huge magnitudes, zeros, signed zero.
+    #[test]
+    fn q8_0_simd_quantize_equals_scalar() {
+        let mut rng = testutil::Rng::new(81);
+        let mut x: Vec<f32> = (0..32 * 64).map(|_| rng.normal(1.0)).collect();
+        for (i, v) in x[..32 * 8].iter_mut().enumerate() {
+            // Block 0: half-integers against amax 127 (every value a tie).
+            *v = match i / 32 {
+                0 => (i as f32 - 16.0) + 0.5,
+                1 => 0.0,
+                2 => -0.0,
+                3 => 1e-30 * (i as f32 - 64.0),
+                4 => 3e38 * ((i % 3) as f32 - 1.0),
+                _ => *v * 1e-4,
+            };
+        }
+        x[0] = 127.0;
+        let mut want = vec![BlockQ8_0::ZERO; 64];
+        quantize_row_scalar(&x, &mut want);
+        for kern in testutil::all_kernels() {
+            let mut got = vec![BlockQ8_0::ZERO; 64];
+            quantize_row(kern, &x, &mut got);
+            assert_eq!(got, want, "{}", kern.level());
         }
     }
 

@@ -51,8 +51,48 @@ pub(crate) fn quantize_row_scalar(x: &[f32], dst: &mut [BlockQ8_1]) {
 }
 
 pub(crate) fn quantize_row(kern: Level, x: &[f32], dst: &mut [BlockQ8_1]) {
+    #[cfg(target_arch = "x86_64")]
+    if kern.level() >= super::KernelLevel::Avx2 {
+        // SAFETY: a `Kernels` at Avx2 or above proves avx2, fma and f16c.
+        unsafe { avx2::quantize_row(x, dst) };
+        return;
+    }
     let _ = kern;
     quantize_row_scalar(x, dst);
+}
+
+/// ggml's AVX2 `quantize_row_q8_1`.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ8_1, QK8_1};
+    use crate::quant::q8_0::avx2::{f32_to_f16, pack_i8, quantize_block};
+    use crate::quant::x86::hsum_i32_8;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn quantize_row(x: &[f32], dst: &mut [BlockQ8_1]) {
+        assert_eq!(
+            x.len(),
+            dst.len() * QK8_1,
+            "quant: q8_1 quantize length mismatch"
+        );
+        for (b, xb) in dst.iter_mut().zip(x.chunks_exact(QK8_1)) {
+            // SAFETY: same CPU features as this function; 32 elements.
+            unsafe {
+                let (d, q) = quantize_block(xb);
+                b.d = f32_to_f16(d);
+                let sum = hsum_i32_8(_mm256_add_epi32(
+                    _mm256_add_epi32(q[0], q[1]),
+                    _mm256_add_epi32(q[2], q[3]),
+                ));
+                b.s = f32_to_f16(d * sum as f32);
+                pack_i8(q, &mut b.qs);
+            }
+        }
+    }
 }
 
 pub(crate) fn dequantize_row(src: &[BlockQ8_1], dst: &mut [f32]) {
@@ -96,6 +136,34 @@ mod tests {
             // 0.5 * 127 = 63.5 ties to even: 64.
             assert_eq!(&b.qs[..2], &[127, 64]);
             assert_eq!(b.s, f32_to_f16(d * 191.0));
+        }
+    }
+
+    /// The SIMD quantizer writes the scalar one's bytes, `s` included.
+    #[test]
+    fn q8_1_simd_quantize_equals_scalar() {
+        let mut rng = testutil::Rng::new(82);
+        let mut x: Vec<f32> = (0..32 * 64).map(|_| rng.normal(1.0)).collect();
+        for (i, v) in x[..32 * 4].iter_mut().enumerate() {
+            *v = match i / 32 {
+                0 => (i as f32 - 16.0) + 0.5,
+                1 => 0.0,
+                2 => 1e-30 * (i as f32 - 64.0),
+                _ => 3e38 * ((i % 3) as f32 - 1.0),
+            };
+        }
+        x[0] = 127.0;
+        let zero = BlockQ8_1 {
+            d: [0; 2],
+            s: [0; 2],
+            qs: [0; 32],
+        };
+        let mut want = vec![zero; 64];
+        quantize_row_scalar(&x, &mut want);
+        for kern in testutil::all_kernels() {
+            let mut got = vec![zero; 64];
+            quantize_row(kern, &x, &mut got);
+            assert_eq!(got, want, "{}", kern.level());
         }
     }
 

@@ -336,3 +336,53 @@ pub fn check_round_trip(t: GgmlType) {
         }
     }
 }
+
+/// A SIMD twin's block-level integer function, with the level it needs.
+pub type BlockFn<W, X, S> = (KernelLevel, unsafe fn(&W, &X) -> S);
+
+/// Holds each SIMD twin's exact integer block result to the scalar one on
+/// `trials` block pairs from `gen` (which gets the trial number, so it can
+/// place extreme values in the first few). Twins whose level this CPU
+/// lacks are skipped; the count of comparisons made is asserted.
+pub fn check_block_sums<W, X, S: PartialEq + std::fmt::Debug>(
+    name: &str,
+    trials: usize,
+    mut gen: impl FnMut(&mut Rng, usize) -> (W, X),
+    scalar: impl Fn(&W, &X) -> S,
+    twins: &[BlockFn<W, X, S>],
+) {
+    let mut rng = Rng::new(name.len() as u64 * 7919);
+    let runnable: Vec<_> = twins.iter().filter(|(l, _)| l.available()).collect();
+    assert_eq!(
+        runnable.len(),
+        simd_levels().len(),
+        "{name}: one twin per SIMD level this CPU has"
+    );
+    let mut compared = 0;
+    for trial in 0..trials {
+        let (w, x) = gen(&mut rng, trial);
+        let want = scalar(&w, &x);
+        for (level, f) in &runnable {
+            // SAFETY: only twins whose level this CPU supports run.
+            let got = unsafe { f(&w, &x) };
+            assert_eq!(got, want, "{name} {level} trial {trial}");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, trials * runnable.len());
+}
+
+/// The `[AVX2, AVX-512]` block twins of a type, or none off x86-64.
+macro_rules! x86_twins {
+    ($avx2:path, $avx512:path) => {{
+        #[cfg(target_arch = "x86_64")]
+        let twins: Vec<$crate::quant::testutil::BlockFn<_, _, _>> = vec![
+            ($crate::quant::KernelLevel::Avx2, $avx2),
+            ($crate::quant::KernelLevel::Avx512, $avx512),
+        ];
+        #[cfg(not(target_arch = "x86_64"))]
+        let twins: Vec<$crate::quant::testutil::BlockFn<_, _, _>> = Vec::new();
+        twins
+    }};
+}
+pub(crate) use x86_twins;

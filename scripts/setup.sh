@@ -45,4 +45,8 @@ if [[ " ${need[*]} " == *" libclang-dev "* ]]; then
   }
 fi
 
+# Headless Chromium, for the test that opens `cktrace analyze`'s report.html
+# (tests/analyze.rs). A separate step: nothing else needs it.
+command -v chromium >/dev/null 2>&1 || install chromium
+
 vendor/fetch.sh

@@ -48,6 +48,18 @@ pub enum BenchCmd {
         #[arg(short = 'r', long, default_value_t = 3)]
         runs: usize,
     },
+    /// `analyze` speed over a synthetic trace of the given size: each
+    /// experiment's streaming pass alone and all of them in one pass (GB/s,
+    /// records/s, peak memory).
+    Analyze {
+        /// Where to write the synthetic trace bundle.
+        dir: PathBuf,
+        /// Trace size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        #[arg(short = 'r', long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Print the plain-loop decode tok/s of each repetition (used by `hook`).
     #[command(hide = true)]
     Plain(BenchArgs),
@@ -170,6 +182,15 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
             let _ = r;
+            Ok(())
+        }
+        BenchCmd::Analyze { dir, mib, runs } => {
+            cktrace_parser::analyze::bench::bench_analyze(
+                &dir,
+                mib << 20,
+                runs,
+                &mut std::io::stdout().lock(),
+            )?;
             Ok(())
         }
         BenchCmd::Plain(a) => {

@@ -97,6 +97,7 @@ struct FileOrderAcc {
     threads: Vec<ThreadState>,
     steps: Vec<(u32, u8, Order)>,
     step_index: HashMap<u32, usize>,
+    last_step: Option<(u32, usize)>,
     between: HashMap<Between, u64>,
     first_touch: Vec<u32>,
     touched: Vec<bool>,
@@ -133,6 +134,7 @@ impl FileOrderAcc {
             threads: Vec::new(),
             steps: Vec::new(),
             step_index: HashMap::new(),
+            last_step: None,
             between: HashMap::new(),
             first_touch: Vec::new(),
             touched: vec![false; n],
@@ -148,13 +150,21 @@ impl FileOrderAcc {
         }
     }
 
+    #[inline]
     fn step(&mut self, step: u32, phase: u8) -> &mut Order {
-        let i = match self.step_index.get(&step) {
-            Some(&i) => i,
-            None => {
-                self.steps.push((step, 0, Order::default()));
-                self.step_index.insert(step, self.steps.len() - 1);
-                self.steps.len() - 1
+        let i = match self.last_step {
+            Some((s, i)) if s == step => i,
+            _ => {
+                let i = match self.step_index.get(&step) {
+                    Some(&i) => i,
+                    None => {
+                        self.steps.push((step, 0, Order::default()));
+                        self.step_index.insert(step, self.steps.len() - 1);
+                        self.steps.len() - 1
+                    }
+                };
+                self.last_step = Some((step, i));
+                i
             }
         };
         let s = &mut self.steps[i];

@@ -72,12 +72,16 @@ struct StepAcc {
 struct TrafficAcc {
     /// Per id: kind code, bytes, row_bytes, n_rows, n_expert.
     facts: Vec<(u8, u64, u64, u64, u64)>,
-    steps: BTreeMap<u32, StepAcc>,
+    steps: Vec<(u32, StepAcc)>,
+    step_index: HashMap<u32, usize>,
+    /// The step of the previous record and its index in `steps`.
+    last_step: Option<(u32, usize)>,
     last: Option<(u32, u64, u32, i32)>,
+    last_kv: Option<(u32, u32)>,
     /// [phase 0 prefill / 1 decode][layer + 1]
     layer: [Vec<Split>; 2],
     /// [phase][op code]
-    op: [BTreeMap<u8, Split>; 2],
+    op: [Vec<Split>; 2],
 }
 
 const K_NONE: u8 = 0;
@@ -113,10 +117,13 @@ impl TrafficAcc {
             .collect();
         TrafficAcc {
             facts,
-            steps: BTreeMap::new(),
+            steps: Vec::new(),
+            step_index: HashMap::new(),
+            last_step: None,
             last: None,
+            last_kv: None,
             layer: [Vec::new(), Vec::new()],
-            op: [BTreeMap::new(), BTreeMap::new()],
+            op: [vec![Split::default(); 256], vec![Split::default(); 256]],
         }
     }
 }
@@ -141,10 +148,24 @@ impl Accumulator for TrafficAcc {
             K_ACT => sp.activations += r.len,
             _ => sp.unregistered = r.len,
         }
-        let s = self.steps.entry(r.step).or_insert_with(|| StepAcc {
-            pos: i32::MAX,
-            ..Default::default()
-        });
+        let si = match self.last_step {
+            Some((st, i)) if st == r.step => i,
+            _ => {
+                let i = *self.step_index.entry(r.step).or_insert_with(|| {
+                    self.steps.push((
+                        r.step,
+                        StepAcc {
+                            pos: i32::MAX,
+                            ..Default::default()
+                        },
+                    ));
+                    self.steps.len() - 1
+                });
+                self.last_step = Some((r.step, i));
+                i
+            }
+        };
+        let s = &mut self.steps[si].1;
         s.phases |= 1 << r.phase.min(7);
         s.n_tokens = s.n_tokens.max(r.n_tokens);
         s.pos = s.pos.min(r.pos);
@@ -163,7 +184,10 @@ impl Accumulator for TrafficAcc {
                 }
             }
             K_KV => {
-                s.kv.insert(r.tensor_id);
+                if self.last_kv != Some((r.step, r.tensor_id)) {
+                    s.kv.insert(r.tensor_id);
+                    self.last_kv = Some((r.step, r.tensor_id));
+                }
             }
             _ => {}
         }
@@ -174,7 +198,7 @@ impl Accumulator for TrafficAcc {
             v.resize(li + 1, Split::default());
         }
         v[li].add(&sp);
-        self.op[ph].entry(r.op).or_default().add(&sp);
+        self.op[ph][r.op as usize].add(&sp);
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
@@ -227,12 +251,14 @@ struct Finished {
     bytes_per_decode_token: Option<u64>,
 }
 
-fn finish(b: &Bundle, acc: TrafficAcc) -> Finished {
+fn finish(b: &Bundle, mut acc: TrafficAcc) -> Finished {
+    acc.steps.sort_by_key(|s| s.0);
     let mut fails = Vec::new();
     let mut rows = Vec::new();
     let mut first_set: Option<(u32, Vec<u32>)> = None;
     let n_layer = b.meta().map(|m| m.n_layer as u64).filter(|&n| n > 0);
-    for (&step, s) in &acc.steps {
+    for (step, s) in &acc.steps {
+        let step = *step;
         let decode = s.phases == 1 << Phase::Decode as u8;
         let expected_weights: u64 = s
             .nodes
@@ -323,7 +349,7 @@ fn finish(b: &Bundle, acc: TrafficAcc) -> Finished {
         });
     }
     // Steps: the ones the run traced must all be there.
-    let present: BTreeSet<u32> = acc.steps.keys().copied().collect();
+    let present: BTreeSet<u32> = acc.steps.iter().map(|s| s.0).collect();
     let expected: Option<Vec<u32>> = b.meta().and_then(|m| {
         let n = m.step_tokens.len() as u32;
         if n == 0 {
@@ -374,7 +400,13 @@ fn finish(b: &Bundle, acc: TrafficAcc) -> Finished {
         steps: rows,
         check,
         layer: acc.layer,
-        op: acc.op,
+        op: acc.op.map(|v| {
+            v.into_iter()
+                .enumerate()
+                .filter(|(_, s)| s.total() > 0)
+                .map(|(i, s)| (i as u8, s))
+                .collect()
+        }),
         bytes_per_decode_token,
     }
 }
@@ -668,6 +700,3 @@ pub fn steps_of(b: &Bundle) -> (Vec<StepRow>, CheckOutcome) {
     let f = finish(b, *acc);
     (f.steps, f.check)
 }
-
-#[allow(dead_code)]
-fn _unused(_: HashMap<u8, u8>) {}

@@ -127,25 +127,7 @@ fn run() -> Result<(), String> {
         }
     }
     for p in &patches {
-        let output = Command::new("patch")
-            .args(["-p1", "--forward", "--batch", "--silent", "-d"])
-            .arg(&stage)
-            .arg("-i")
-            .arg(p)
-            .output()
-            .map_err(|e| format!("running patch: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "patch {} does not apply to {}: {}",
-                p.display(),
-                source_desc,
-                String::from_utf8_lossy(&output.stdout)
-                    .lines()
-                    .chain(String::from_utf8_lossy(&output.stderr).lines())
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            ));
-        }
+        apply_patch(p, &stage, &source_desc)?;
     }
     sync_tree(&stage, &tree).map_err(|e| format!("sync patched tree: {e}"))?;
     let _ = fs::remove_dir_all(&stage);
@@ -259,6 +241,58 @@ fn git_describe(dir: &Path) -> String {
         .filter(|o| o.status.success())
         .map(|o| format!(" ({})", String::from_utf8_lossy(&o.stdout).trim()))
         .unwrap_or_default()
+}
+
+/// Apply one patch with no fuzz: every hunk's context must match exactly
+/// (a hunk may move, and the build then says where it landed). A hunk that
+/// does not apply fails the build with the patch, the file and the hunk.
+fn apply_patch(p: &Path, stage: &Path, source_desc: &str) -> Result<(), String> {
+    let output = Command::new("patch")
+        .args([
+            "-p1",
+            "--forward",
+            "--batch",
+            "--fuzz=0",
+            "--no-backup-if-mismatch",
+            "-d",
+        ])
+        .arg(stage)
+        .arg("-i")
+        .arg(p)
+        .output()
+        .map_err(|e| format!("running patch: {e}"))?;
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    // patch prints "patching file F", then one line per hunk that did not
+    // apply cleanly where it was written.
+    let mut file = String::new();
+    let mut failed = Vec::new();
+    for line in text.lines() {
+        if let Some(f) = line.strip_prefix("patching file ") {
+            file = f.trim_matches(|c| c == '\'' || c == '`').to_string();
+        } else if line.starts_with("Hunk #") {
+            if line.contains("FAILED") {
+                failed.push(format!("{file}: {line}"));
+            } else {
+                println!("cargo:warning=patch {name}: {file}: {line}");
+            }
+        }
+    }
+    if !output.status.success() {
+        let why = if failed.is_empty() {
+            text.lines().collect::<Vec<_>>().join(" | ")
+        } else {
+            failed.join("; ")
+        };
+        return Err(format!(
+            "patch {name} does not apply to {source_desc} (no fuzz allowed): {why}"
+        ));
+    }
+    Ok(())
 }
 
 /// The patch series, in file-name order (`0001-...patch`, `0002-...`).

@@ -11,7 +11,8 @@ one, calls clang_getClangVersion, and parses a translation unit that
 includes <stddef.h>, the way bindgen will.
 
 Usage: check-libclang.py [--root DIR] [--quiet]
-  --root DIR  look under DIR instead of / (tests point it at a fake root)
+  --root DIR  look under DIR instead of / (tests point it at a fake root;
+              clang's own headers are then looked for under DIR only)
 Exit status: 0 and "ok: <library> (<clang version>)" when a libclang loads
 and finds its headers; 1 and one line saying what is missing otherwise.
 """
@@ -64,7 +65,22 @@ class CXUnsavedFile(ctypes.Structure):
     ]
 
 
-def probe(path):
+def header_args(root):
+    """Compiler arguments for the probe. For the real root none: libclang
+    finds clang's headers (its resource directory, and on Debian
+    /usr/include/clang/N/include) as it will for bindgen. For a fake root,
+    clang's headers must come from the root being checked: the system
+    include path is dropped and the root's clang header directories added."""
+    if root == "/":
+        return []
+    args = [b"-nostdinc"]
+    for pat in ("usr/lib/llvm-*/lib/clang/*/include", "usr/include/clang/*/include"):
+        for d in sorted(glob.glob(os.path.join(root, pat))):
+            args += [b"-isystem", d.encode()]
+    return args
+
+
+def probe(path, root="/"):
     """(version, None) when `path` is a working libclang with its headers,
     else (version or None, reason)."""
     try:
@@ -110,11 +126,15 @@ def probe(path):
     spelling.restype = CXString
     spelling.argtypes = [ctypes.c_void_p]
 
-    src = b"#include <stddef.h>\n#include <stdint.h>\nsize_t n; int64_t m;\n"
+    if root == "/":
+        src = b"#include <stddef.h>\n#include <stdint.h>\nsize_t n; int64_t m;\n"
+    else:
+        src = b"#include <stddef.h>\nsize_t n;\n"
     unsaved = CXUnsavedFile(b"cktrace_probe.c", src, len(src))
-    args = (ctypes.c_char_p * 1)(b"-xc")
+    argv = [b"-xc"] + header_args(root)
+    args = (ctypes.c_char_p * len(argv))(*argv)
     index = create_index(0, 0)
-    tu = parse(index, b"cktrace_probe.c", args, 1, ctypes.byref(unsaved), 1, 0)
+    tu = parse(index, b"cktrace_probe.c", args, len(argv), ctypes.byref(unsaved), 1, 0)
     if not tu:
         return version, "could not parse a one-line C file"
     for i in range(n_diags(tu)):
@@ -149,7 +169,7 @@ def main():
         return 1
     reasons = []
     for path in found:
-        version, why = probe(path)
+        version, why = probe(path, root)
         if why is None:
             if not quiet:
                 print(f"ok: {path} ({version})")

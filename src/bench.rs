@@ -55,9 +55,9 @@ pub enum BenchCmd {
         /// Where to write the synthetic trace bundle.
         dir: PathBuf,
         /// Trace size in MiB.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         mib: u64,
-        #[arg(short = 'r', long, default_value_t = 3)]
+        #[arg(short = 'r', long, default_value_t = 3, value_parser = crate::check::flags::reps, allow_negative_numbers = true)]
         runs: usize,
     },
     /// Print the plain-loop decode tok/s of each repetition (used by `hook`).
@@ -67,15 +67,15 @@ pub enum BenchCmd {
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
-    /// GGUF model path.
+    /// A GGUF file or a catalogue name (smollm2, smollm2-q4km, gemma3, ...).
     pub model: PathBuf,
-    #[arg(short = 't', long, default_value_t = 2)]
+    #[arg(short = 't', long, default_value_t = 2, value_parser = crate::check::flags::threads, allow_negative_numbers = true)]
     pub threads: i32,
     /// Decode steps per repetition.
-    #[arg(short = 'n', long, default_value_t = 64)]
+    #[arg(short = 'n', long, default_value_t = 64, value_parser = crate::check::flags::steps, allow_negative_numbers = true)]
     pub n: usize,
     /// Repetitions of each variant (the median is reported).
-    #[arg(short = 'r', long, default_value_t = 7)]
+    #[arg(short = 'r', long, default_value_t = 7, value_parser = crate::check::flags::reps, allow_negative_numbers = true)]
     pub reps: usize,
     #[arg(short = 'p', long, default_value = "Hello")]
     pub prompt: String,
@@ -156,7 +156,9 @@ struct Setup {
 
 fn setup(a: &BenchArgs) -> Result<Setup> {
     crate::check::model_file(&a.model)?;
-    crate::llama::set_amx(!a.no_amx);
+    // SAFETY: bench runs one command per process, on the main thread, and
+    // this precedes its one model load: no other thread is running.
+    unsafe { crate::llama::set_amx(!a.no_amx) };
     let model = Model::load(&a.model, ModelParams::default())?;
     Ok(Setup { model })
 }
@@ -169,7 +171,13 @@ fn cparams(a: &BenchArgs) -> ContextParams {
     }
 }
 
-pub fn run(cmd: BenchCmd) -> Result<()> {
+pub fn run(mut cmd: BenchCmd) -> Result<()> {
+    // Catalogue names resolve (and fetch) as for every other command.
+    match &mut cmd {
+        BenchCmd::Decode(a) | BenchCmd::Trace(a) | BenchCmd::Plain(a) => resolve(a)?,
+        BenchCmd::Hook { args, .. } => resolve(args)?,
+        BenchCmd::Parse { .. } => {}
+    }
     match cmd {
         BenchCmd::Decode(a) => bench_decode(&a),
         BenchCmd::Trace(a) => bench_trace(&a),
@@ -204,6 +212,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn resolve(a: &mut BenchArgs) -> Result<()> {
+    a.model = crate::check::resolve_model(a.model.to_str())?;
+    Ok(())
 }
 
 /// Greedy generation of `a.n` decode steps that never stops early.

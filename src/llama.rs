@@ -103,12 +103,17 @@ pub fn init() {
     });
 }
 
-/// Allow or hide the AMX extra buffer type (patch 0003). Must be called
-/// before the first model load of the process; later calls have no effect.
-pub fn set_amx(enabled: bool) {
+/// Allow or hide the AMX extra buffer type (patch 0003, which reads
+/// `GGML_CPU_NO_AMX` when the CPU backend registers). Must be called before
+/// the first model load of the process; later calls have no effect.
+///
+/// # Safety
+///
+/// Sets an environment variable: no other thread may read or write the
+/// environment at the same time (llama.cpp's threads included). Call it
+/// from `main` before any model is loaded and any thread is started.
+pub unsafe fn set_amx(enabled: bool) {
     if !enabled {
-        // Edition 2021: set_var is safe; we call it on the main thread before
-        // llama.cpp starts any thread or reads the variable.
         std::env::set_var("GGML_CPU_NO_AMX", "1");
     }
 }

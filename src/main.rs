@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use cktrace::generate::{generate_from, GenParams, NoHook};
@@ -46,7 +46,7 @@ enum Cmd {
         /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_M, Q4_K_S, Q4_K_M, Q5_K_M, Q6_K, F16
         #[arg(name = "TYPE")]
         ftype: String,
-        #[arg(short = 't', long, default_value_t = 2)]
+        #[arg(short = 't', long, default_value_t = 2, value_parser = cktrace::check::flags::threads, allow_negative_numbers = true)]
         threads: i32,
     },
     /// Read a trace: records as a table/CSV/JSON, --stats, --validate.
@@ -92,9 +92,9 @@ struct CensusArgs {
         default_value = "The quick brown fox jumps over the lazy dog because"
     )]
     prompt: String,
-    #[arg(short = 'n', long = "n-predict", default_value_t = 5)]
+    #[arg(short = 'n', long = "n-predict", default_value_t = 5, value_parser = cktrace::check::flags::steps, allow_negative_numbers = true)]
     n_predict: usize,
-    #[arg(short = 't', long, default_value_t = 2)]
+    #[arg(short = 't', long, default_value_t = 2, value_parser = cktrace::check::flags::threads, allow_negative_numbers = true)]
     threads: i32,
     #[command(flatten)]
     load: LoadArgs,
@@ -139,7 +139,10 @@ impl LoadArgs {
     /// Check the file, then load it as asked.
     fn load(&self, path: &Path) -> Result<Model> {
         cktrace::check::model_file(path)?;
-        llama::set_amx(!self.no_amx);
+        // SAFETY: called once per process, from the main thread, before any
+        // model is loaded, so neither llama.cpp nor another thread of ours
+        // is running.
+        unsafe { llama::set_amx(!self.no_amx) };
         Ok(Model::load(
             path,
             ModelParams {
@@ -157,9 +160,9 @@ struct RunArgs {
     #[arg(short = 'p', long, default_value = "Hello")]
     prompt: String,
     /// Tokens to generate.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 32)]
+    #[arg(short = 'n', long = "n-predict", default_value_t = 32, value_parser = cktrace::check::flags::steps, allow_negative_numbers = true)]
     n_predict: usize,
-    #[arg(short = 't', long, default_value_t = 2)]
+    #[arg(short = 't', long, default_value_t = 2, value_parser = cktrace::check::flags::threads, allow_negative_numbers = true)]
     threads: i32,
     #[arg(long, default_value_t = 1)]
     seed: u32,
@@ -169,7 +172,7 @@ struct RunArgs {
     #[command(flatten)]
     load: LoadArgs,
     /// Context size in tokens.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = cktrace::check::flags::tokens, allow_negative_numbers = true)]
     ctx: u32,
     /// Keep generating after an end-of-generation token.
     #[arg(long)]
@@ -183,7 +186,7 @@ struct RunArgs {
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = AUTO_DIR)]
     trace: Option<PathBuf>,
     /// Records the trace file can hold; more are counted as dropped.
-    #[arg(long, default_value_t = cktrace::DEFAULT_TRACE_CAPACITY)]
+    #[arg(long, default_value_t = cktrace::DEFAULT_TRACE_CAPACITY, value_parser = cktrace::check::flags::trace_capacity, allow_negative_numbers = true)]
     trace_capacity: u64,
     /// Also record every other op (norms, rope, softmax, ...) at op level.
     #[arg(long)]
@@ -210,13 +213,19 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // A usage error is one line, like every other error: clap's
+            // first line (it names the flag and the value), without its
+            // usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("cktrace: {first} (see --help)");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
         }
     };
     llama::set_verbose(cli.verbose);
@@ -311,15 +320,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// A catalogue name or a path; a catalogue model that is not cached yet is
-/// fetched first.
-fn resolve_model(m: Option<&str>) -> Result<PathBuf> {
-    let name = m.unwrap_or(models::DEFAULT_MODEL);
-    if models::spec(name).is_some() && !Path::new(name).exists() {
-        return models::fetch(name, &quantize_cb);
-    }
-    Ok(PathBuf::from(name))
-}
+use cktrace::check::resolve_model;
 
 fn quantize_cb(src: &Path, dst: &Path, ftype: &str) -> Result<()> {
     llama::quantize(src, dst, ftype, 2)?;
@@ -327,9 +328,6 @@ fn quantize_cb(src: &Path, dst: &Path, ftype: &str) -> Result<()> {
 }
 
 fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
-    if a.threads < 1 {
-        bail!("--threads must be at least 1 (got {})", a.threads);
-    }
     if let Some(f) = &a.prompt_file {
         a.prompt = std::fs::read_to_string(f)
             .with_context(|| format!("--prompt-file {}: cannot read", f.display()))?;

@@ -583,6 +583,7 @@ impl TraceSession {
     ) -> Result<TraceSession> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating trace directory {}", dir.display()))?;
+        remove_old_bundle(dir)?;
         let (reg, structs) = model_registry(model)?;
         let sink = TraceSink::create(&dir.join("trace.bin"), capacity, Engine::Ggml, threads)
             .with_context(|| format!("creating {}", dir.join("trace.bin").display()))?;
@@ -620,7 +621,11 @@ impl TraceSession {
                 })
                 .collect(),
         }));
-        sink::install(sink.clone());
+        // A sink left installed by an earlier session that was never
+        // finished comes back here; finishing it marks that trace done.
+        if let Some(old) = sink::install(sink.clone()) {
+            let _ = old.finish();
+        }
         STATE.store(state, Ordering::Release);
         // SAFETY: installs a valid extern "C" fn; ggml only calls it from
         // compute threads while it is set.
@@ -686,7 +691,11 @@ impl TraceSession {
     }
 
     /// Remove the hook, flush everything, write registry.json and meta.json.
+    /// A session finishes once; a second call is an error.
     pub fn finish(&mut self, mut meta: Meta) -> Result<SinkStats> {
+        if self.finished {
+            anyhow::bail!("trace {} is already finished", self.dir.display());
+        }
         self.finished = true;
         self.untag();
         // SAFETY: no decode is running (we are on the thread that calls
@@ -718,7 +727,10 @@ impl Drop for TraceSession {
         if !self.finished {
             self.untag();
             // SAFETY: as in finish: called between decodes.
-            unsafe { ffi::ggml_cpu_set_trace_hook(None) };
+            unsafe {
+                ffi::ggml_cpu_set_trace_hook(None);
+                ffi::ggml_cpu_set_trace_ops(false);
+            }
             let st = STATE.swap(std::ptr::null_mut(), Ordering::AcqRel);
             if let Some(s) = sink::uninstall() {
                 let _ = s.finish();
@@ -746,13 +758,42 @@ impl StepHook for TraceSession {
             Ordering::Release,
         );
     }
-    fn after(&mut self, _step: u32) {
+    fn after(&mut self, step: u32) {
         sink::flush_all();
         // Runtime tensors seen in this step join registry.json now (in
-        // practice during the first steps only). A failure here is reported
-        // by `finish`, which writes it again.
-        let _ = self.save_registry();
+        // practice during the first steps only), and only then is the step
+        // marked done in the header: a reader of a killed trace finds every
+        // tensor of every completed step. A failure here is reported by
+        // `finish`, which writes it again; the step is then not marked.
+        if self.save_registry().is_ok() {
+            self.sink.mark_steps_done(step + 1);
+        }
     }
+}
+
+/// The files of a trace bundle. A run into a directory removes those an
+/// earlier run left there before it writes anything, so an old meta.json
+/// never sits beside a new trace.bin.
+pub const BUNDLE_FILES: [&str; 7] = [
+    "trace.bin",
+    "registry.json",
+    "meta.json",
+    "layout.json",
+    "registry.json.tmp",
+    "meta.json.tmp",
+    "layout.json.tmp",
+];
+
+fn remove_old_bundle(dir: &Path) -> Result<()> {
+    for f in BUNDLE_FILES {
+        let p = dir.join(f);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing the old {}", p.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Write `v` as JSON to `path`, whole or not at all (a temporary file renamed

@@ -249,12 +249,7 @@ fn census_smollm2_q4km_explains_the_kernel_paths() {
             "--dir",
             dir.to_str().unwrap(),
         ]);
-        let line = |dtype: &str| {
-            s.lines()
-                .filter(|l| l.starts_with("kernel path:") && l.contains(&format!(" {dtype} ")))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let line = |dtype: &str| line_of(&s, dtype);
         let q4k = line("q4_K");
         assert!(
             q4k.contains("CPU_REPACK") && q4k.contains("repack_gemv"),
@@ -262,14 +257,34 @@ fn census_smollm2_q4km_explains_the_kernel_paths() {
         );
         assert!(!line("q6_K").contains("repack"), "{s}");
         assert!(line("q8_0").contains("get_rows"), "{s}");
-        // Default (AMX if the CPU has it, else repack), and no extra buffers at all.
-        census(&[m.to_str().unwrap(), "-t", t]);
+        // Default: AMX if the CPU has it, else CPU_REPACK as above; each CPU
+        // checks the path it must take.
+        let s = census(&[m.to_str().unwrap(), "-t", t]);
+        let q4k = line_of(&s, "q4_K");
+        if common::cpu_has_amx() {
+            assert!(q4k.contains("AMX") && q4k.contains("amx"), "{s}");
+        } else {
+            assert!(
+                q4k.contains("CPU_REPACK") && q4k.contains("repack_gemv") && !s.contains("amx"),
+                "{s}"
+            );
+        }
+        // No extra buffers at all.
         let s = census(&[m.to_str().unwrap(), "-t", t, "--no-repack"]);
         assert!(
             !s.contains("repack_") && !s.contains("amx"),
             "--no-repack still repacked:\n{s}"
         );
     }
+}
+
+/// The census's `kernel path:` lines of one tensor type.
+fn line_of(census: &str, dtype: &str) -> String {
+    census
+        .lines()
+        .filter(|l| l.starts_with("kernel path:") && l.contains(&format!(" {dtype} ")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -376,64 +391,92 @@ fn tiny_capacity_drops_are_counted_and_reported() {
     assert_eq!(meta["dropped"], h.dropped);
 }
 
-#[test]
-fn trace_survives_sigkill_mid_decode() {
-    let m = model("smollm2");
-    let d = scratch("kill");
-    let dir = d.path().join("t");
-    let mut child = bin()
-        .args([
-            "run",
-            m.to_str().unwrap(),
-            "-n",
-            "100000",
-            "--ignore-eos",
-            "--ctx",
-            "4096",
-            "--trace",
-            dir.to_str().unwrap(),
-        ])
-        .env("CKTRACE_TRACE_ROOT", d.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until a few decode steps have been flushed.
+/// A running `cktrace` that is killed (SIGKILL) when dropped, so a test that
+/// fails never leaves its child behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cktrace run MODEL ARGS --trace DIR` in the background.
+fn spawn_traced(m: &Path, dir: &Path, root: &Path, args: &[&str]) -> Child {
+    Child(
+        bin()
+            .arg("run")
+            .arg(m)
+            .args(args)
+            .arg("--trace")
+            .arg(dir)
+            .env("CKTRACE_TRACE_ROOT", root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Poll the trace header until `ready` holds; fails (and the child is
+/// killed) after `secs`, or if the run ends first.
+fn wait_for_header(
+    child: &mut Child,
+    trace: &Path,
+    secs: u64,
+    what: &str,
+    ready: impl Fn(&TraceHeader) -> bool,
+) -> TraceHeader {
     let t0 = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(50));
-        if let Some(b) = read_prefix(&dir.join("trace.bin"), HEADER_SIZE) {
+        if let Some(b) = read_prefix(trace, HEADER_SIZE) {
             let h = TraceHeader::from_bytes(b[..HEADER_SIZE].try_into().unwrap());
-            if h.complete > 5000 {
-                break;
+            if ready(&h) {
+                return h;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "trace never grew");
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("the run ended ({st}) before {what}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what}: not reached in {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
-    // SIGKILL: no chance to flush or clean up.
-    unsafe_kill(child.id());
-    let status = child.wait().unwrap();
+}
+
+/// SIGKILL the child and wait for it.
+fn sigkill(child: &mut Child) {
+    unsafe_kill(child.0.id());
+    let status = child.0.wait().unwrap();
     assert!(!status.success());
-    // The file is sparse and sized for the whole capacity: read the header,
-    // then only the slots it says were reserved.
+}
+
+/// What a killed trace must still offer: a readable header, complete slots
+/// that hold VALID records, records that `cktrace parse` counts, and a
+/// `--validate` that checks every completed step and reports the rest as
+/// partial. Returns the header and the validate output.
+fn check_killed_trace(dir: &Path) -> (TraceHeader, String) {
     let trace = dir.join("trace.bin");
     let hb = read_prefix(&trace, HEADER_SIZE).unwrap();
     let h = TraceHeader::from_bytes(hb[..HEADER_SIZE].try_into().unwrap());
-    let b = read_prefix(&trace, HEADER_SIZE + h.records as usize * RECORD_SIZE).unwrap();
     assert_eq!(h.check(), Ok(()));
     assert_eq!(h.finished, 0);
-    assert!(h.complete > 5000 && h.complete <= h.records);
-    // Every slot up to the cursor that is marked VALID decodes; the complete
-    // count matches the VALID slots.
+    assert!(h.complete <= h.records && h.steps_done_slots <= h.records);
+    // The file is sparse and sized for the whole capacity: read only the
+    // slots the header says were reserved.
+    let b = read_prefix(&trace, HEADER_SIZE + h.records as usize * RECORD_SIZE).unwrap();
+    let slot = |i: usize| {
+        TraceRecord::from_bytes(
+            b[HEADER_SIZE + i * RECORD_SIZE..][..RECORD_SIZE]
+                .try_into()
+                .unwrap(),
+        )
+    };
     let valid = (0..h.records as usize)
-        .map(|i| {
-            TraceRecord::from_bytes(
-                b[HEADER_SIZE + i * RECORD_SIZE..][..RECORD_SIZE]
-                    .try_into()
-                    .unwrap(),
-            )
-        })
-        .filter(|r| r.flags & flags::VALID != 0)
+        .filter(|&i| slot(i).flags & flags::VALID != 0)
         .count() as u64;
     // `complete` is published after each batch is written: a kill between the
     // two leaves at most that batch VALID but not yet counted.
@@ -443,19 +486,89 @@ fn trace_survives_sigkill_mid_decode() {
         h.complete,
         h.records
     );
-    // The bundle is readable by cktrace itself: registry.json is written at
-    // the start and whenever the registry grows, so every record's tensor
-    // resolves (meta.json only comes at a clean finish).
+    // Every slot of the completed steps is VALID and of those steps.
+    for i in 0..h.steps_done_slots as usize {
+        let r = slot(i);
+        assert!(r.flags & flags::VALID != 0, "slot {i} of a completed step");
+        assert!(
+            r.step < h.steps_done,
+            "slot {i}: step {} of a completed range",
+            r.step
+        );
+    }
     let st = run(&["parse", dir.to_str().unwrap(), "--stats"]);
     assert!(st.status.success(), "{}", stderr(&st));
-    assert!(stdout(&st).contains("weights"), "{}", stdout(&st));
+    assert!(stdout(&st).contains("records"), "{}", stdout(&st));
     let v = run(&["parse", dir.to_str().unwrap(), "--validate"]);
+    let text = stdout(&v);
+    assert!(v.status.success(), "{text}\n{}", stderr(&v));
     assert!(
-        stdout(&v).contains("PASS registry"),
-        "{}\n{}",
-        stdout(&v),
-        stderr(&v)
+        text.contains(&format!("step {} is partial", h.steps_done))
+            && text.trim_end().ends_with("ok"),
+        "{text}"
     );
+    (h, text)
+}
+
+/// Killed mid-decode, after three completed steps (the prompt and two
+/// generated tokens, as the header says): every completed step validates.
+#[test]
+fn trace_survives_sigkill_mid_decode() {
+    let m = model("smollm2");
+    let d = scratch("kill");
+    let dir = d.path().join("t");
+    let mut child = spawn_traced(
+        &m,
+        &dir,
+        d.path(),
+        &["-n", "100000", "--ignore-eos", "--ctx", "4096"],
+    );
+    wait_for_header(
+        &mut child,
+        &dir.join("trace.bin"),
+        120,
+        "three completed steps",
+        |h| h.steps_done >= 3,
+    );
+    sigkill(&mut child);
+    let (h, text) = check_killed_trace(&dir);
+    assert!(h.steps_done >= 3, "{text}");
+    for c in ["registry", "monotonic", "tiling", "complete"] {
+        assert!(text.contains(&format!("PASS {c}")), "{text}");
+    }
+}
+
+/// Killed inside the prompt step (a long prompt, one thread, so the step
+/// lasts seconds and its first records reach the file before it ends):
+/// nothing is complete yet, and the trace still reads as what it is.
+#[test]
+fn trace_killed_in_the_prompt_step_reads_as_partial() {
+    let m = model("smollm2");
+    let d = scratch("kill0");
+    let dir = d.path().join("t");
+    let prompt = "The history of the printing press begins long before Gutenberg. ".repeat(120);
+    let mut child = spawn_traced(
+        &m,
+        &dir,
+        d.path(),
+        &[
+            "-p", &prompt, "--raw", "-t", "1", "-n", "4", "--ctx", "4096",
+        ],
+    );
+    let h = wait_for_header(
+        &mut child,
+        &dir.join("trace.bin"),
+        120,
+        "records of the prompt step",
+        |h| h.complete > 0,
+    );
+    sigkill(&mut child);
+    assert_eq!(
+        h.steps_done, 0,
+        "the prompt step finished before the kill: make it longer"
+    );
+    let (h, _) = check_killed_trace(&dir);
+    assert_eq!(h.steps_done, 0);
 }
 
 /// The first `n` bytes of a file, if it has that many.
@@ -803,6 +916,21 @@ fn run_flags_choose_the_buffer_types() {
         (meta["amx"].as_bool(), meta["repack"].as_bool()),
         (Some(false), Some(true))
     );
+    // Default: the AMX kernels on a CPU with AMX, CPU_REPACK elsewhere.
+    let (_d, dir, o) = traced_run("default", "smollm2-q4km", &["-p", "Hello", "-n", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, recs) = read_trace(&dir);
+    if common::cpu_has_amx() {
+        assert!(
+            recs.iter().any(|r| r.path == 5),
+            "no AMX records on an AMX CPU"
+        );
+    } else {
+        assert!(
+            recs.iter().any(|r| r.path == 3 || r.path == 4) && recs.iter().all(|r| r.path != 5),
+            "a CPU without AMX must read Q4_K through repack_gemv/gemm and never AMX"
+        );
+    }
     // --no-repack: no extra buffer type at all, weights read in place.
     let (_d, dir, o) = traced_run(
         "norepack",
@@ -816,4 +944,58 @@ fn run_flags_choose_the_buffer_types() {
         "extra-buffer records despite --no-repack"
     );
     assert!(recs.iter().all(|r| r.flags & flags::REPACKED == 0));
+}
+
+/// Every numeric flag is checked before any work starts: one line naming
+/// the flag and the value, and a non-zero exit (2, a usage error).
+#[test]
+fn bad_flag_values_give_one_clear_line() {
+    let m = model("smollm2");
+    let m = m.to_str().unwrap();
+    let d = scratch("flags");
+    let out = d.path().join("q.gguf");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["census", "smollm2", "-t", "0"], "--threads"),
+        (vec!["run", m, "-t", "-3"], "--threads"),
+        (
+            vec!["quantize", m, out.to_str().unwrap(), "Q4_0", "-t", "0"],
+            "--threads",
+        ),
+        (
+            vec!["run", m, "--trace-capacity", "99999999999999999"],
+            "--trace-capacity",
+        ),
+        (vec!["run", m, "--trace-capacity", "0"], "--trace-capacity"),
+        (vec!["run", m, "--ctx", "0"], "--ctx"),
+        (vec!["run", m, "-n", "-1"], "--n-predict"),
+        (vec!["bench", "decode", m, "-t", "0"], "--threads"),
+        (vec!["bench", "trace", m, "-r", "0"], "--reps"),
+    ];
+    for (args, flag) in cases {
+        let o = run(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(
+            e.starts_with("cktrace: ") && e.contains(flag),
+            "{args:?}: {e}"
+        );
+        assert!(!out.exists(), "{args:?} did work before failing");
+    }
+}
+
+/// `bench` takes catalogue names like every other command.
+#[test]
+fn bench_resolves_catalogue_names() {
+    model("smollm2");
+    let o = run(&["bench", "decode", "smollm2", "-n", "4", "-r", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("SmolLM2") || stdout(&o).contains("smollm2"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["bench", "decode", "no-such-model", "-n", "4", "-r", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no-such-model"), "{}", stderr(&o));
 }

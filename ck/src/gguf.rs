@@ -931,13 +931,14 @@ fn parse(r: &mut Reader<'_>) -> Result<GgufFile, GgufError> {
     let mut key_index = HashMap::with_capacity(n_kv.min(PREALLOC_MAX) as usize);
     for i in 0..n_kv {
         let key = r.string(|| format!("key of metadata entry {i}"))?;
+        let key_s = shown(&key);
         if key.is_empty() {
             return Err(r.invalid(format!("metadata entry {i} has an empty key")));
         }
-        let ty = r.value_type(|| format!("type of metadata key {key}"))?;
-        let value = r.value(ty, &key)?;
+        let ty = r.value_type(|| format!("type of metadata key {key_s}"))?;
+        let value = r.value(ty, &key_s)?;
         if key_index.insert(key.clone(), metadata.len()).is_some() {
-            return Err(r.invalid(format!("duplicate metadata key {key}")));
+            return Err(r.invalid(format!("duplicate metadata key {key_s}")));
         }
         metadata.push((key, value));
     }
@@ -960,61 +961,62 @@ fn parse(r: &mut Reader<'_>) -> Result<GgufFile, GgufError> {
     let mut tensor_index = HashMap::with_capacity(n_tensors.min(PREALLOC_MAX) as usize);
     for i in 0..n_tensors {
         let name = r.string(|| format!("name of tensor {i}"))?;
+        let name_s = shown(&name);
         if name.len() >= GGML_MAX_NAME {
             return Err(r.invalid(format!(
-                "tensor {i} name {name} is {} bytes, ggml allows {}",
+                "tensor {i} name {name_s} is {} bytes, ggml allows {}",
                 name.len(),
                 GGML_MAX_NAME - 1
             )));
         }
-        let n_dims = r.u32(|| format!("n_dims of tensor {name}"))?;
+        let n_dims = r.u32(|| format!("n_dims of tensor {name_s}"))?;
         if n_dims as usize > GGML_MAX_DIMS {
             return Err(r.invalid(format!(
-                "tensor {name} has {n_dims} dimensions, ggml allows {GGML_MAX_DIMS}"
+                "tensor {name_s} has {n_dims} dimensions, ggml allows {GGML_MAX_DIMS}"
             )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
-            let ne = r.u64(|| format!("dimension {d} of tensor {name}"))?;
+            let ne = r.u64(|| format!("dimension {d} of tensor {name_s}"))?;
             if ne > i64::MAX as u64 {
                 return Err(r.invalid(format!(
-                    "tensor {name} dimension {d} is {ne}, more than i64::MAX"
+                    "tensor {name_s} dimension {d} is {ne}, more than i64::MAX"
                 )));
             }
             dims.push(ne);
         }
-        let type_id = r.u32(|| format!("type of tensor {name}"))?;
+        let type_id = r.u32(|| format!("type of tensor {name_s}"))?;
         let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
             path: path.clone(),
-            name: name.clone(),
+            name: name_s.clone(),
             type_id,
         })?;
-        let offset = r.u64(|| format!("data offset of tensor {name}"))?;
+        let offset = r.u64(|| format!("data offset of tensor {name_s}"))?;
 
         let n_elements = dims
             .iter()
             .try_fold(1u64, |acc, &d| {
                 acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64)
             })
-            .ok_or_else(|| r.invalid(format!("tensor {name} shape {dims:?} overflows")))?;
+            .ok_or_else(|| r.invalid(format!("tensor {name_s} shape {dims:?} overflows")))?;
         // A tensor with no dims is a scalar: one row of one element.
         let row = dims.first().copied().unwrap_or(1);
         if row % ggml_type.block_size() != 0 {
             return Err(r.invalid(format!(
-                "tensor {name} of type {ggml_type} has rows of {row} elements, not a multiple of the block size {}",
+                "tensor {name_s} of type {ggml_type} has rows of {row} elements, not a multiple of the block size {}",
                 ggml_type.block_size()
             )));
         }
         let size = ggml_type
             .bytes_for(n_elements)
-            .ok_or_else(|| r.invalid(format!("tensor {name} shape {dims:?} overflows")))?;
+            .ok_or_else(|| r.invalid(format!("tensor {name_s} shape {dims:?} overflows")))?;
         if offset % alignment != 0 {
             return Err(r.invalid(format!(
-                "tensor {name} data offset {offset} is not a multiple of the alignment {alignment}"
+                "tensor {name_s} data offset {offset} is not a multiple of the alignment {alignment}"
             )));
         }
         if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-            return Err(r.invalid(format!("duplicate tensor name {name}")));
+            return Err(r.invalid(format!("duplicate tensor name {name_s}")));
         }
         tensors.push(TensorInfo {
             name,
@@ -1050,11 +1052,32 @@ fn parse(r: &mut Reader<'_>) -> Result<GgufFile, GgufError> {
             _ => {
                 return Err(GgufError::TensorPastEnd {
                     path,
-                    name: t.name.clone(),
+                    name: shown(&t.name),
                     end: end.unwrap_or(u64::MAX),
                     file_len: r.len,
                 })
             }
+        }
+    }
+
+    // No two tensors may share bytes (ggml's own reader goes further and
+    // wants them back to back, in order).
+    let mut by_start: Vec<&TensorInfo> = tensors.iter().filter(|t| t.size > 0).collect();
+    by_start.sort_by_key(|t| (t.offset, t.size));
+    for w in by_start.windows(2) {
+        if w[1].offset < w[0].offset + w[0].size {
+            return Err(GgufError::Invalid {
+                path,
+                msg: format!(
+                    "tensor {} (data bytes {}..{}) overlaps tensor {} (bytes {}..{})",
+                    shown(&w[1].name),
+                    w[1].offset,
+                    w[1].offset + w[1].size,
+                    shown(&w[0].name),
+                    w[0].offset,
+                    w[0].offset + w[0].size
+                ),
+            });
         }
     }
 
@@ -1069,6 +1092,25 @@ fn parse(r: &mut Reader<'_>) -> Result<GgufFile, GgufError> {
         tensors,
         tensor_index,
     })
+}
+
+/// A name read from the file, fit for a one-line message: control
+/// characters escaped, and cut to 80 characters (a hostile key can be
+/// megabytes of anything).
+fn shown(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == 80 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Writes a GGUF v3 file: metadata in insertion order, then tensor infos,

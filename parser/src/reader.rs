@@ -253,6 +253,18 @@ impl Trace {
         })
     }
 
+    /// For a trace that was not finished (its writer was killed, or is still
+    /// running): the first slot of its unfinished step. Slots below it hold
+    /// exactly the records of the steps the header marks done; slots from it
+    /// on belong to the step in flight. `None` for a finished trace.
+    pub fn partial_from(&self) -> Option<usize> {
+        (self.header.finished == 0).then(|| {
+            usize::try_from(self.header.steps_done_slots)
+                .unwrap_or(usize::MAX)
+                .min(self.slots)
+        })
+    }
+
     /// The bundle directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -21,6 +21,13 @@
 //! - `complete`: the writer dropped nothing and every reserved slot was
 //!   completed (no slot without `VALID`, no slot cut off by the file's end).
 //!
+//! A trace that was not finished (its writer killed, or still running) is
+//! checked as what it is: the header says which steps are done
+//! (`steps_done`, `steps_done_slots`); those are checked as above, and the
+//! records of the step in flight are reported as a partial step, counted
+//! and not checked (its nodes are cut, and its runtime tensors may not be
+//! in registry.json yet).
+//!
 //! Validation always covers the whole trace: a filter would cut nodes in
 //! half and make tiling fail.
 
@@ -86,11 +93,25 @@ pub struct Check {
     pub example: Option<Example>,
 }
 
+/// The unfinished last step of a trace whose writer did not finish it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Partial {
+    /// Steps the header marks complete (all checked).
+    pub steps_done: u32,
+    /// First slot of the unfinished step.
+    pub first_slot: u64,
+    /// Records of the unfinished step that reached the file (not checked).
+    pub records: u64,
+}
+
 /// All checks of one trace.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Validation {
     pub dir: String,
     pub checks: Vec<Check>,
+    /// Set for a trace that was not finished: its completed steps are
+    /// checked, the step in flight is only counted.
+    pub partial: Option<Partial>,
 }
 
 struct CheckAcc {
@@ -138,7 +159,13 @@ impl Validation {
         let mut groups: HashMap<(u32, u64, i32), Group> = HashMap::new();
         let n_tensors = trace.registry().tensors.len();
 
+        let partial_from = trace.partial_from().unwrap_or(usize::MAX);
+        let mut partial_records = 0u64;
         for (slot, r) in trace.records().with_slots() {
+            if slot >= partial_from {
+                partial_records += 1;
+                continue;
+            }
             let slot = slot as u64;
             // (a) registry ids and names.
             reg.checked += 1;
@@ -243,7 +270,11 @@ impl Validation {
             ));
         }
         let readable = trace.slot_count();
-        for i in 0..readable {
+        let checked_slots = readable.min(partial_from);
+        if partial_from != usize::MAX {
+            complete.checked = checked_slots as u64;
+        }
+        for i in 0..checked_slots {
             let valid = trace
                 .slot_bytes(i)
                 .map(|b| u32::from_le_bytes([b[76], b[77], b[78], b[79]]) & flags::VALID != 0)
@@ -255,7 +286,7 @@ impl Validation {
             }
         }
         let missing = h.records.saturating_sub(readable as u64);
-        if missing != 0 {
+        if missing != 0 && partial_from == usize::MAX {
             complete.failures = complete.failures.saturating_add(missing);
             complete.example.get_or_insert((
                 readable as u64,
@@ -297,6 +328,11 @@ impl Validation {
                 mk(CheckId::Tiling, "mul_mat row/column ranges tile each node exactly once", &tiling),
                 mk(CheckId::Complete, "no dropped records and no incomplete slots", &complete),
             ],
+            partial: trace.partial_from().map(|first| Partial {
+                steps_done: h.steps_done,
+                first_slot: first as u64,
+                records: partial_records,
+            }),
         }
     }
 
@@ -342,6 +378,13 @@ impl Validation {
                     }
                 }
             }
+        }
+        if let Some(p) = &self.partial {
+            writeln!(
+                w,
+                "PARTIAL    the trace was not finished: steps 0..{} checked; step {} is partial, {} records from slot {}, not checked",
+                p.steps_done, p.steps_done, p.records, p.first_slot
+            )?;
         }
         writeln!(w, "{}", if self.ok() { "ok" } else { "FAILED" })
     }
@@ -606,6 +649,68 @@ mod bundle_tests {
             .unwrap()
             .message
             .contains("dropped 5"));
+    }
+
+    /// A trace whose writer was killed in step `k`: the header marks steps
+    /// `0..k` done; the records of step `k` that reached the file are a
+    /// partial, unchecked step, and every completed step is checked.
+    fn killed_in(b: &mut Bundle, k: u32, keep_of_step: usize, hole: bool) -> Validation {
+        let first = b.recs.iter().position(|r| r.step >= k).unwrap();
+        let step_len = b.recs[first..].iter().take_while(|r| r.step == k).count();
+        assert!(keep_of_step < step_len);
+        b.recs.truncate(first + keep_of_step);
+        if hole && keep_of_step > 0 {
+            // A slot of the step in flight reserved but never written.
+            let last = b.recs.len() - 1;
+            b.recs[last] = TraceRecord::default();
+        }
+        let mut h = crate::synth::header_for(b.recs.len() as u64, b.spec.threads);
+        h.finished = 0;
+        h.capacity = 1 << 20;
+        h.complete = b.recs.len() as u64 - hole as u64;
+        h.steps_done = k;
+        h.steps_done_slots = first as u64;
+        crate::synth::write_bundle(b.path(), &h, &b.reg, None, &b.recs).unwrap();
+        run(b)
+    }
+
+    #[test]
+    fn a_killed_trace_checks_its_completed_steps() {
+        for (k, keep, hole) in [(0, 5, true), (1, 9, false), (2, 3, true), (1, 0, false)] {
+            let mut b = Bundle::small();
+            let v = killed_in(&mut b, k, keep, hole);
+            assert!(v.ok(), "killed in step {k}: {v:#?}");
+            let p = v.partial.clone().unwrap();
+            assert_eq!(
+                (p.steps_done, p.records),
+                (k, keep as u64 - (hole && keep > 0) as u64)
+            );
+            let mut out = Vec::new();
+            v.write_text(&mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.contains(&format!("step {k} is partial")) && text.ends_with("ok\n"),
+                "{text}"
+            );
+            if k > 0 {
+                assert!(v.check(CheckId::Tiling).checked > 0);
+            }
+        }
+        // A defect inside a completed step still fails.
+        let mut b = Bundle::small();
+        let i = b
+            .recs
+            .iter()
+            .position(|r| is_weight_matmul(&b, r) && r.step == 1)
+            .unwrap();
+        b.recs.remove(i);
+        let v = killed_in(&mut b, 2, 4, false);
+        assert_eq!(failed(&v), vec![CheckId::Tiling]);
+        // And a slot without VALID inside a completed step fails `complete`.
+        let mut b = Bundle::small();
+        b.recs[3].flags &= !flags::VALID;
+        let v = killed_in(&mut b, 2, 4, false);
+        assert!(failed(&v).contains(&CheckId::Complete), "{v:#?}");
     }
 
     #[test]

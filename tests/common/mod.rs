@@ -51,3 +51,11 @@ pub fn scratch(tag: &str) -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// Whether this CPU has AMX tiles (ggml then puts Q4_0/Q4_1/Q8_0 and the
+/// K-quants in its AMX buffer type by default). Tests use it to check the
+/// kernel path each kind of CPU must take, never to skip.
+pub fn cpu_has_amx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|s| s.split_whitespace().any(|w| w == "amx_tile"))
+}

@@ -67,8 +67,17 @@ pub struct TraceHeader {
     pub n_threads: u32,
     /// 84: process id of the writer.
     pub pid: u32,
-    /// 88..256: zero.
-    pub reserved: [u8; 168],
+    /// 88: steps whose records are all in the file (and whose tensors are
+    /// all in registry.json): steps `0..steps_done` are complete.
+    pub steps_done: u32,
+    /// 92: zero.
+    pub pad: u32,
+    /// 96: slots reserved when `steps_done` was last advanced: slots below
+    /// it hold exactly the records of steps `0..steps_done`; a trace that
+    /// was not finished has its unfinished step at and above it.
+    pub steps_done_slots: u64,
+    /// 104..256: zero.
+    pub reserved: [u8; 152],
 }
 
 const _: () = assert!(std::mem::size_of::<TraceHeader>() == HEADER_SIZE);
@@ -256,7 +265,10 @@ impl TraceHeader {
             engine: engine as u32,
             n_threads,
             pid: std::process::id(),
-            reserved: [0; 168],
+            steps_done: 0,
+            pad: 0,
+            steps_done_slots: 0,
+            reserved: [0; 152],
         }
     }
 
@@ -278,6 +290,10 @@ impl TraceHeader {
         b[76..80].copy_from_slice(&self.engine.to_le_bytes());
         b[80..84].copy_from_slice(&self.n_threads.to_le_bytes());
         b[84..88].copy_from_slice(&self.pid.to_le_bytes());
+        b[88..92].copy_from_slice(&self.steps_done.to_le_bytes());
+        b[92..96].copy_from_slice(&self.pad.to_le_bytes());
+        b[96..104].copy_from_slice(&self.steps_done_slots.to_le_bytes());
+        b[104..256].copy_from_slice(&self.reserved);
         b
     }
 
@@ -287,8 +303,8 @@ impl TraceHeader {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let mut magic = [0u8; 8];
         magic.copy_from_slice(&b[0..8]);
-        let mut reserved = [0u8; 168];
-        reserved.copy_from_slice(&b[88..256]);
+        let mut reserved = [0u8; 152];
+        reserved.copy_from_slice(&b[104..256]);
         TraceHeader {
             magic,
             version: u32_at(8),
@@ -305,6 +321,9 @@ impl TraceHeader {
             engine: u32_at(76),
             n_threads: u32_at(80),
             pid: u32_at(84),
+            steps_done: u32_at(88),
+            pad: u32_at(92),
+            steps_done_slots: u64_at(96),
             reserved,
         }
     }
@@ -333,6 +352,12 @@ impl TraceHeader {
             return Err(format!(
                 "corrupt header: records {} complete {} capacity {}",
                 self.records, self.complete, self.capacity
+            ));
+        }
+        if self.steps_done_slots > self.records {
+            return Err(format!(
+                "corrupt header: steps_done_slots {} past records {}",
+                self.steps_done_slots, self.records
             ));
         }
         Ok(())

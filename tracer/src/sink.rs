@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::MmapMut;
@@ -39,10 +39,19 @@ use crate::format::{flags, Engine, TraceHeader, TraceRecord, HEADER_SIZE, RECORD
 pub const LOCAL_CAPACITY: usize = 4096;
 
 /// Header byte offsets of the counters updated while tracing.
+const OFF_CAPACITY: usize = 24;
 const OFF_RECORDS: usize = 32;
 const OFF_COMPLETE: usize = 40;
 const OFF_DROPPED: usize = 48;
 const OFF_FINISHED: usize = 72;
+const OFF_STEPS_DONE: usize = 88;
+const OFF_STEPS_DONE_SLOTS: usize = 96;
+
+/// Bytes of the file that are mapped: the header's page. Records go in by
+/// positioned writes, so the mapping never reaches a page the file may
+/// lose when it is cut to its records, and reading a counter can never
+/// fault.
+const MAP_LEN: usize = 4096;
 
 /// Counts reported at the end of a trace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,28 +60,37 @@ pub struct SinkStats {
     pub emitted: u64,
     /// Records in the file.
     pub written: u64,
-    /// Records that did not fit.
+    /// Records that did not fit, or whose write failed.
     pub dropped: u64,
     pub capacity: u64,
 }
 
-/// The trace file, mapped shared so that what is copied into it survives the
-/// process being killed.
+/// The trace file. Its header page is mapped shared, so the counters that
+/// writers advance survive the process being killed; records are written
+/// with positioned writes into slots reserved on the header's cursor.
 pub struct TraceSink {
     path: PathBuf,
     file: File,
-    map: Mutex<Option<MmapMut>>,
-    base: *mut u8,
+    /// The header page; lives (mapped) as long as the sink.
+    map: MmapMut,
     capacity: u64,
     emitted: AtomicU64,
     start_mono_ns: u64,
+    /// Set by [`TraceSink::finish`]: later writes are counted as dropped.
+    closed: AtomicBool,
+    /// Serializes `finish` with itself.
+    finish_lock: Mutex<Option<SinkStats>>,
+    /// Tests make the next positioned write fail.
+    #[cfg(test)]
+    fail_next_write: AtomicBool,
 }
 
-// SAFETY: `base` points into the mapping owned by `map`, which lives as long
-// as the sink (it is only taken out in `finish`, after which no writer may
-// run — `finish` takes `&self` but the engine calls it only once all hooks
-// are uninstalled and every buffer is flushed). Slot writes go to disjoint
-// reserved ranges; shared header counters are accessed atomically.
+// SAFETY: the only field that is not Send/Sync by itself is the mapping,
+// which is plain shared memory owned by the sink for its whole life (it is
+// unmapped only when the sink is dropped, i.e. when no reference to it
+// exists). Through `&TraceSink` the mapping is only accessed as atomics at
+// 8-aligned header offsets (`counter`, `counter32`), so concurrent access
+// from any number of threads is data-race free.
 unsafe impl Send for TraceSink {}
 // SAFETY: as above.
 unsafe impl Sync for TraceSink {}
@@ -97,18 +115,29 @@ impl TraceSink {
         engine: Engine,
         n_threads: u32,
     ) -> io::Result<Arc<TraceSink>> {
+        let len = capacity
+            .checked_mul(RECORD_SIZE as u64)
+            .and_then(|b| b.checked_add(HEADER_SIZE as u64))
+            .filter(|&l| l <= i64::MAX as u64)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a trace of {capacity} records does not fit in a file"),
+                )
+            })?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)?;
-        let len = HEADER_SIZE as u64 + capacity * RECORD_SIZE as u64;
         file.set_len(len)?;
-        // SAFETY: we just created and sized the file; nobody else maps it.
-        // Concurrent external modification of the file would be a misuse we
-        // cannot prevent (as with any mmap).
-        let mut map = unsafe { MmapMut::map_mut(&file)? };
+        // SAFETY: we just created and sized the file (at least HEADER_SIZE
+        // bytes; the page past its end, if any, reads as zero and is never
+        // written through the map); nobody else maps it. Concurrent external
+        // modification of the file would be a misuse we cannot prevent (as
+        // with any mmap).
+        let mut map = unsafe { memmap2::MmapOptions::new().len(MAP_LEN).map_mut(&file)? };
         let start_mono_ns = monotonic_ns();
         let start_unix_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -116,15 +145,17 @@ impl TraceSink {
             .unwrap_or(0);
         let h = TraceHeader::new(capacity, engine, n_threads, start_unix_ns, start_mono_ns);
         map[..HEADER_SIZE].copy_from_slice(&h.to_bytes());
-        let base = map.as_mut_ptr();
         Ok(Arc::new(TraceSink {
             path: path.to_path_buf(),
             file,
-            map: Mutex::new(Some(map)),
-            base,
+            map,
             capacity,
             emitted: AtomicU64::new(0),
             start_mono_ns,
+            closed: AtomicBool::new(false),
+            finish_lock: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_write: AtomicBool::new(false),
         }))
     }
 
@@ -138,22 +169,36 @@ impl TraceSink {
     }
 
     fn counter(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off % 8 == 0 && off + 8 <= HEADER_SIZE);
         // SAFETY: `off` is one of the 8-aligned header counter offsets, inside
-        // the mapping (which is page aligned and outlives &self).
-        unsafe { &*(self.base.add(off) as *const AtomicU64) }
+        // the mapping (page aligned), which lives as long as `self`.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    fn counter32(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off % 4 == 0 && off + 4 <= HEADER_SIZE);
+        // SAFETY: as in `counter`, for a 4-aligned u32 field.
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
     }
 
     /// Copy `recs` into the file: reserve slots, copy, then publish. Returns
-    /// how many fitted.
+    /// how many were written. Records that do not fit, that arrive after
+    /// [`TraceSink::finish`], or whose write fails are counted as dropped;
+    /// a failed write leaves its slots without VALID and costs nothing else.
     pub fn write(&self, recs: &[TraceRecord]) -> usize {
         if recs.is_empty() {
             return 0;
         }
         self.emitted.fetch_add(recs.len() as u64, Ordering::Relaxed);
+        if self.closed.load(Ordering::Acquire) {
+            self.counter(OFF_DROPPED)
+                .fetch_add(recs.len() as u64, Ordering::Relaxed);
+            return 0;
+        }
         let cursor = self.counter(OFF_RECORDS);
         let mut cur = cursor.load(Ordering::Relaxed);
         let take = loop {
-            let take = (self.capacity - cur).min(recs.len() as u64);
+            let take = self.capacity.saturating_sub(cur).min(recs.len() as u64);
             if take == 0 {
                 break 0;
             }
@@ -176,24 +221,32 @@ impl TraceSink {
             let bytes = unsafe {
                 std::slice::from_raw_parts(recs.as_ptr() as *const u8, take as usize * RECORD_SIZE)
             };
-            use std::os::unix::fs::FileExt;
-            match self
-                .file
-                .write_all_at(bytes, (HEADER_SIZE + cur as usize * RECORD_SIZE) as u64)
-            {
+            match self.write_slots(bytes, cur) {
                 Ok(()) => {
                     self.counter(OFF_COMPLETE)
                         .fetch_add(take, Ordering::Release);
                 }
                 Err(_) => {
-                    // The slots stay reserved but never become complete; the
-                    // records count as dropped so the loss is visible.
+                    // The slots stay reserved but hold no VALID record; the
+                    // records count as dropped so the loss is visible, and
+                    // every other record stays in the file.
                     self.counter(OFF_DROPPED).fetch_add(take, Ordering::Relaxed);
                     return 0;
                 }
             }
         }
         take as usize
+    }
+
+    /// The positioned write of whole records into slots from `slot` on.
+    fn write_slots(&self, bytes: &[u8], slot: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_next_write.swap(false, Ordering::Relaxed) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(bytes, HEADER_SIZE as u64 + slot * RECORD_SIZE as u64)
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -205,26 +258,37 @@ impl TraceSink {
         }
     }
 
-    /// Mark the trace finished, unmap it and cut the file to the records
-    /// written. Call once, after the last [`flush_all`].
+    /// Steps `0..steps` are complete: their records are all in the file
+    /// (call after [`flush_all`], with the engine's workers idle, and after
+    /// the registry of those steps is on disk). A reader of a trace that was
+    /// not finished checks those steps and reports the rest as partial.
+    pub fn mark_steps_done(&self, steps: u32) {
+        let slots = self.counter(OFF_RECORDS).load(Ordering::Acquire);
+        self.counter(OFF_STEPS_DONE_SLOTS)
+            .store(slots, Ordering::Release);
+        self.counter32(OFF_STEPS_DONE)
+            .store(steps, Ordering::Release);
+    }
+
+    /// Mark the trace finished and cut the file to the slots reserved (every
+    /// record written stays; a slot whose write failed stays, without
+    /// VALID, and is counted in `dropped`). Idempotent: a second call
+    /// returns the same stats. Writes after it are counted as dropped.
     pub fn finish(&self) -> io::Result<SinkStats> {
-        let stats = self.stats();
-        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(map) = guard.take() {
-            // SAFETY: offset 72 is the 4-aligned `finished` field in the header.
-            unsafe {
-                (*(self.base.add(OFF_FINISHED) as *const AtomicU32)).store(1, Ordering::Release)
-            };
-            map.flush()?;
-            drop(map);
-            let records = stats.written.min(self.capacity);
-            self.file
-                .set_len(HEADER_SIZE as u64 + records * RECORD_SIZE as u64)?;
-            // The header's capacity now equals the file's slots.
-            use std::os::unix::fs::FileExt;
-            self.file.write_all_at(&records.to_le_bytes(), 24)?;
-            self.file.sync_all()?;
+        let mut done = self.finish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(st) = *done {
+            return Ok(st);
         }
+        self.closed.store(true, Ordering::Release);
+        let slots = self.counter(OFF_RECORDS).load(Ordering::Acquire);
+        self.counter(OFF_CAPACITY).store(slots, Ordering::Release);
+        self.counter32(OFF_FINISHED).store(1, Ordering::Release);
+        self.map.flush()?;
+        self.file
+            .set_len(HEADER_SIZE as u64 + slots * RECORD_SIZE as u64)?;
+        self.file.sync_all()?;
+        let stats = self.stats();
+        *done = Some(stats);
         Ok(stats)
     }
 }
@@ -245,39 +309,59 @@ thread_local! {
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
 }
 
-/// Direct records to `sink` (replacing any previous one).
-pub fn install(sink: Arc<TraceSink>) {
+/// Threads inside [`with_active`] right now. `uninstall` waits for it to
+/// reach zero after detaching the sink, so it never hands back (to be
+/// dropped) a sink that a thread is still using.
+static READERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Direct records to `sink`, replacing (and returning) any previous one.
+pub fn install(sink: Arc<TraceSink>) -> Option<Arc<TraceSink>> {
     let p = Arc::into_raw(sink) as *mut TraceSink;
-    let old = ACTIVE.swap(p, Ordering::AcqRel);
-    if !old.is_null() {
-        // SAFETY: `old` came from Arc::into_raw in a previous install.
-        drop(unsafe { Arc::from_raw(old) });
-    }
+    let old = ACTIVE.swap(p, Ordering::SeqCst);
+    retire(old)
 }
 
 /// Stop recording: flush every buffer into the current sink and detach it.
-/// Returns the sink so the caller can [`TraceSink::finish`] it.
+/// Returns the sink so the caller can [`TraceSink::finish`] it. When this
+/// returns, no thread is using the sink through the hooks any more.
 pub fn uninstall() -> Option<Arc<TraceSink>> {
     flush_all();
-    let p = ACTIVE.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    if p.is_null() {
-        None
-    } else {
-        // SAFETY: `p` came from Arc::into_raw in install; we take back the
-        // strong count that ACTIVE held.
-        Some(unsafe { Arc::from_raw(p) })
-    }
+    let p = ACTIVE.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    retire(p)
 }
 
-fn with_active<R>(f: impl FnOnce(&TraceSink) -> R) -> Option<R> {
-    let p = ACTIVE.load(Ordering::Acquire);
+/// Take back the strong count `ACTIVE` held on `p`, once no thread can be
+/// using it.
+fn retire(p: *mut TraceSink) -> Option<Arc<TraceSink>> {
     if p.is_null() {
         return None;
     }
-    // SAFETY: while installed, ACTIVE holds a strong count; `uninstall` is
-    // only called when no hook is running (between decodes, workers idle), so
-    // the sink outlives this borrow.
-    Some(f(unsafe { &*p }))
+    // A reader that loaded `p` incremented READERS first (SeqCst on both
+    // sides), so once READERS is seen at zero after the swap, no borrow of
+    // `p` is live and none can start.
+    while READERS.load(Ordering::SeqCst) != 0 {
+        std::hint::spin_loop();
+        std::thread::yield_now();
+    }
+    // SAFETY: `p` came from Arc::into_raw in `install` and was removed from
+    // ACTIVE by the swap above, so this is the one place that takes its
+    // strong count back.
+    Some(unsafe { Arc::from_raw(p) })
+}
+
+fn with_active<R>(f: impl FnOnce(&TraceSink) -> R) -> Option<R> {
+    READERS.fetch_add(1, Ordering::SeqCst);
+    let p = ACTIVE.load(Ordering::SeqCst);
+    let r = if p.is_null() {
+        None
+    } else {
+        // SAFETY: ACTIVE held a strong count on `p` when we loaded it, and
+        // `retire` does not drop that count while READERS (which we raised
+        // before the load) is non-zero.
+        Some(f(unsafe { &*p }))
+    };
+    READERS.fetch_sub(1, Ordering::SeqCst);
+    r
 }
 
 /// Whether a sink is installed.
@@ -444,9 +528,13 @@ mod tests {
         TraceHeader::from_bytes(b[..HEADER_SIZE].try_into().unwrap())
     }
 
+    /// Tests of the process-global install state take this lock.
+    static GLOBAL: Mutex<()> = Mutex::new(());
+
     // The thread-local API uses process-global state: one test drives it.
     #[test]
     fn records_from_threads_all_arrive_and_overflow_is_counted() {
+        let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = std::env::temp_dir().join(format!("cktrace-sink-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
 
@@ -512,5 +600,102 @@ mod tests {
         let h = header(&p);
         assert_eq!((h.records, h.complete, h.dropped), (1000, 1000, 4000));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn read_slots(path: &Path) -> Vec<Option<TraceRecord>> {
+        let b = std::fs::read(path).unwrap();
+        b[HEADER_SIZE..]
+            .chunks_exact(RECORD_SIZE)
+            .map(|c| {
+                let r = TraceRecord::from_bytes(c.try_into().unwrap());
+                (r.flags & flags::VALID != 0).then_some(r)
+            })
+            .collect()
+    }
+
+    fn valid(recs: std::ops::Range<u64>) -> Vec<TraceRecord> {
+        recs.map(|i| TraceRecord {
+            flags: flags::VALID,
+            ..rec(i)
+        })
+        .collect()
+    }
+
+    /// One failed write costs only its own records: they are counted as
+    /// dropped, their slots stay without VALID, and every record written
+    /// before and after it stays readable in the finished file.
+    #[test]
+    fn a_failed_write_loses_only_itself() {
+        let dir = tempfile_dir("fail");
+        let p = dir.join("t.bin");
+        let s = TraceSink::create(&p, 1000, Engine::Ggml, 1).unwrap();
+        assert_eq!(s.write(&valid(0..10)), 10);
+        s.fail_next_write.store(true, Ordering::Relaxed);
+        assert_eq!(s.write(&valid(10..15)), 0);
+        assert_eq!(s.write(&valid(15..30)), 15);
+        let st = s.finish().unwrap();
+        assert_eq!((st.emitted, st.written, st.dropped), (30, 25, 5));
+        let h = header(&p);
+        assert_eq!(h.check(), Ok(()));
+        assert_eq!(
+            (h.records, h.complete, h.dropped, h.capacity),
+            (30, 25, 5, 30)
+        );
+        let slots = read_slots(&p);
+        assert_eq!(slots.len(), 30);
+        let got: Vec<u64> = slots.iter().flatten().map(|r| r.t_ns).collect();
+        let want: Vec<u64> = (0..10).chain(15..30).collect();
+        assert_eq!(got, want);
+        assert!(slots[10..15].iter().all(|s| s.is_none()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `finish` twice returns the same figures; a write after it is counted
+    /// as dropped, and the sink's counters stay readable (the header page
+    /// stays mapped as long as the sink lives).
+    #[test]
+    fn finish_is_idempotent_and_later_writes_are_dropped() {
+        let dir = tempfile_dir("twice");
+        let p = dir.join("t.bin");
+        let s = TraceSink::create(&p, 100, Engine::Ggml, 1).unwrap();
+        s.write(&valid(0..7));
+        s.mark_steps_done(1);
+        let a = s.finish().unwrap();
+        let b = s.finish().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(s.write(&valid(7..9)), 0);
+        let st = s.stats();
+        assert_eq!((st.emitted, st.written, st.dropped), (9, 7, 2));
+        let h = header(&p);
+        assert_eq!((h.finished, h.records, h.capacity), (1, 7, 7));
+        assert_eq!((h.steps_done, h.steps_done_slots), (1, 7));
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            (HEADER_SIZE + 7 * RECORD_SIZE) as u64
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An install that replaces a sink hands the old one back, and an
+    /// uninstall returns the installed one: neither frees a sink.
+    #[test]
+    fn install_returns_what_it_replaces() {
+        let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile_dir("inst");
+        let a = TraceSink::create(&dir.join("a.bin"), 10, Engine::Ggml, 1).unwrap();
+        let b = TraceSink::create(&dir.join("b.bin"), 10, Engine::Ggml, 1).unwrap();
+        assert!(install(a.clone()).is_none());
+        let old = install(b.clone()).unwrap();
+        assert!(Arc::ptr_eq(&old, &a));
+        let cur = uninstall().unwrap();
+        assert!(Arc::ptr_eq(&cur, &b));
+        assert!(uninstall().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cktrace-sink-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }

@@ -139,7 +139,10 @@ macro_rules! q4_1_tile {
                     let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
                     let (dx, sx) = (f16_splat(x.d), f16_splat(x.s));
                     for r in 0..R {
-                        summs[c][r] = _mm256_add_ps(summs[c][r], _mm256_mul_ps(mw[r], sx));
+                        // ggml writes `summs += m * s`, which GCC contracts
+                        // to an FMA; the product of two f16 values is exact
+                        // in f32, so fused or not gives the same bits.
+                        summs[c][r] = _mm256_fmadd_ps(mw[r], sx, summs[c][r]);
                         let d = _mm256_mul_ps(dw[r], dx);
                         let q = _mm256_cvtepi32_ps(lanes(wu[r], y));
                         acc[c][r] = _mm256_fmadd_ps(d, q, acc[c][r]);

@@ -3,7 +3,10 @@
 
 use super::kquant::{make_qkx2_quants, nearest_int, pack_scales_mins_k4, scales_mins_k4};
 use super::q8_k::BlockQ8K;
-use super::{f16_to_f32, f32_to_f16, Block, WeightKernels, QK_K};
+use super::{
+    f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
+    WeightKernels, QK_K,
+};
 
 /// ggml's `block_q5_K`. Low nibbles as in Q4_K; bit `2c` of `qh[l]` is
 /// bit 4 of value `64c + l`, bit `2c + 1` that of value `64c + 32 + l`.
@@ -186,6 +189,230 @@ pub(crate) fn vec_dot_q5k_q8k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
     sum
 }
 
+/// The Q5_K tile of both x86 levels, ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`:
+/// as Q4_K, but the fifth bit comes from `qh` (`high` differs per level)
+/// and the mins term is summed to one integer per block and added to a
+/// scalar running sum `summs = fma(dmin, sum, summs)` (lane 0 of a vector).
+#[cfg(target_arch = "x86_64")]
+macro_rules! q5k_tile {
+    () => {
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            rows: [&[BlockQ5K]; R],
+            xs: [&[BlockQ8K]; C],
+        ) -> [[f32; R]; C] {
+            let nb = xs[0].len();
+            for r in &rows {
+                assert_eq!(r.len(), nb);
+            }
+            for x in &xs {
+                assert_eq!(x.len(), nb);
+            }
+            let m4 = _mm256_set1_epi8(0xF);
+            let mut acc = [[_mm256_setzero_ps(); R]; C];
+            let mut summs = [[_mm_setzero_ps(); R]; C];
+            for b in 0..nb {
+                let mut scales = [_mm256_setzero_si256(); R];
+                let mut mins = [_mm_setzero_si128(); R];
+                let mut dw = [_mm256_setzero_ps(); R];
+                let mut dminw = [_mm256_setzero_ps(); R];
+                let mut hbits = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    let w = &rows[r][b];
+                    let ms = k4_mins_and_scales(&w.scales);
+                    let sc = _mm256_extracti128_si256(ms, 0);
+                    scales[r] = _mm256_set_m128i(sc, sc);
+                    mins[r] = _mm256_extracti128_si256(ms, 1);
+                    dw[r] = f16_splat(w.d);
+                    dminw[r] = f16_splat(w.dmin);
+                    hbits[r] = _mm256_loadu_si256(w.qh.as_ptr().cast());
+                }
+                let mut yd = [_mm256_setzero_ps(); C];
+                for c in 0..C {
+                    let x = &xs[c][b];
+                    yd[c] = _mm256_set1_ps(x.d());
+                    let q8s = q8k_pair_sums(&x.bsums);
+                    let neg_yd = _mm256_castps256_ps128(_mm256_sub_ps(_mm256_setzero_ps(), yd[c]));
+                    for r in 0..R {
+                        let dmin = _mm_mul_ps(neg_yd, _mm256_castps256_ps128(dminw[r]));
+                        let prod = _mm_madd_epi16(mins[r], q8s);
+                        let zero = _mm_setzero_si128();
+                        let hsum = _mm_hadd_epi32(_mm_hadd_epi32(prod, zero), zero);
+                        // ggml writes `summs += dmin * sum`; GCC contracts
+                        // it to an FMA (vfmadd231ss), so this fuses too.
+                        summs[c][r] = _mm_fmadd_ps(dmin, _mm_cvtepi32_ps(hsum), summs[c][r]);
+                    }
+                }
+                let mut sumi = [[_mm256_setzero_si256(); R]; C];
+                for j in 0..QK_K / 64 {
+                    let mut q5l = [_mm256_setzero_si256(); R];
+                    let mut q5h = [_mm256_setzero_si256(); R];
+                    let mut sl = [_mm256_setzero_si256(); R];
+                    let mut sh = [_mm256_setzero_si256(); R];
+                    for r in 0..R {
+                        let q5bits = _mm256_loadu_si256(rows[r][b].qs.as_ptr().add(32 * j).cast());
+                        q5l[r] = high(_mm256_and_si256(q5bits, m4), hbits[r], 2 * j);
+                        q5h[r] = high(
+                            _mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4),
+                            hbits[r],
+                            2 * j + 1,
+                        );
+                        sl[r] = _mm256_shuffle_epi8(scales[r], k4_scale_shuffle(2 * j));
+                        sh[r] = _mm256_shuffle_epi8(scales[r], k4_scale_shuffle(2 * j + 1));
+                    }
+                    for c in 0..C {
+                        let q8 = xs[c][b].qs.as_ptr().add(64 * j);
+                        let q8l = _mm256_loadu_si256(q8.cast());
+                        let q8h = _mm256_loadu_si256(q8.add(32).cast());
+                        for r in 0..R {
+                            let s = scale_acc(sumi[c][r], sl[r], _mm256_maddubs_epi16(q5l[r], q8l));
+                            sumi[c][r] = scale_acc(s, sh[r], _mm256_maddubs_epi16(q5h[r], q8h));
+                        }
+                    }
+                }
+                for c in 0..C {
+                    for r in 0..R {
+                        let d = _mm256_mul_ps(yd[c], dw[r]);
+                        acc[c][r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[c][r]), acc[c][r]);
+                    }
+                }
+            }
+            let mut out = [[0.0f32; R]; C];
+            for c in 0..C {
+                for r in 0..R {
+                    out[c][r] = hsum_float_8(acc[c][r]) + _mm_cvtss_f32(summs[c][r]);
+                }
+            }
+            out
+        }
+
+        /// The exact integer parts of one super-block (see
+        /// [`super::block_dot`]), through the kernels' lanes.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        pub(crate) unsafe fn block_dot_lanes(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
+            let ms = k4_mins_and_scales(&w.scales);
+            let sc = _mm256_extracti128_si256(ms, 0);
+            let scales = _mm256_set_m128i(sc, sc);
+            let prod = _mm_madd_epi16(_mm256_extracti128_si256(ms, 1), q8k_pair_sums(&x.bsums));
+            let hbits = _mm256_loadu_si256(w.qh.as_ptr().cast());
+            let m4 = _mm256_set1_epi8(0xF);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 64 {
+                let q5bits = _mm256_loadu_si256(w.qs.as_ptr().add(32 * j).cast());
+                let q5l = high(_mm256_and_si256(q5bits, m4), hbits, 2 * j);
+                let q5h = high(
+                    _mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4),
+                    hbits,
+                    2 * j + 1,
+                );
+                let q8 = x.qs.as_ptr().add(64 * j);
+                let p16l = _mm256_maddubs_epi16(q5l, _mm256_loadu_si256(q8.cast()));
+                let p16h = _mm256_maddubs_epi16(q5h, _mm256_loadu_si256(q8.add(32).cast()));
+                sumi = scale_acc(
+                    sumi,
+                    _mm256_shuffle_epi8(scales, k4_scale_shuffle(2 * j)),
+                    p16l,
+                );
+                sumi = scale_acc(
+                    sumi,
+                    _mm256_shuffle_epi8(scales, k4_scale_shuffle(2 * j + 1)),
+                    p16h,
+                );
+            }
+            let prod8 = _mm256_set_m128i(_mm_setzero_si128(), prod);
+            (hsum_i32_8(sumi), hsum_i32_8(prod8))
+        }
+    };
+}
+
+/// AVX2 + FMA + F16C.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::{BlockQ5K, BlockQ8K, QK_K};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// `acc + madd(scale, p16)`.
+    #[inline(always)]
+    unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(scale, p16))
+    }
+
+    /// `lo + 16 * bit(hbits, bit)` per byte (ggml's shift-and-add).
+    #[inline(always)]
+    unsafe fn high(lo: __m256i, hbits: __m256i, bit: usize) -> __m256i {
+        let m = _mm256_and_si256(hbits, _mm256_set1_epi8((1u8 << bit) as i8));
+        let h = _mm256_slli_epi16(_mm256_srl_epi16(m, _mm_cvtsi32_si128(bit as i32)), 4);
+        _mm256_add_epi8(lo, h)
+    }
+
+    q5k_tile!();
+
+    tile_drivers!("avx2,fma,f16c", BlockQ5K, BlockQ8K, tile, mv_rows = 1, mm = 2 x 2);
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
+/// AVX-512 (BW, VL) + VNNI on 256-bit vectors: the fifth bits become a
+/// mask (`vptestmb`) and a masked add; `vpdpwssd` applies the scales.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::{BlockQ5K, BlockQ8K, QK_K};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// `acc + madd(scale, p16)` in one `vpdpwssd`.
+    #[inline(always)]
+    unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, scale, p16)
+    }
+
+    /// `lo + 16` where bit `bit` of the `qh` byte is set.
+    #[inline(always)]
+    unsafe fn high(lo: __m256i, hbits: __m256i, bit: usize) -> __m256i {
+        let k = _mm256_test_epi8_mask(hbits, _mm256_set1_epi8((1u8 << bit) as i8));
+        _mm256_mask_add_epi8(lo, k, lo, _mm256_set1_epi8(16))
+    }
+
+    q5k_tile!();
+
+    tile_drivers!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        BlockQ5K,
+        BlockQ8K,
+        tile,
+        mv_rows = 2,
+        mm = 2 x 2
+    );
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -195,16 +422,75 @@ impl WeightKernels for Kernels {
     fn vec_dot_scalar(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
         vec_dot_q5k_q8k(w, x)
     }
+
+    fn mat_vec(kern: Level, rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_vec(rows, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_vec(rows, x, out) },
+            _ => mat_vec_scalar::<Self>(rows, x, out),
+        }
+    }
+
+    fn mat_mat(kern: Level, rows: &[BlockQ5K], xs: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_mat(rows, xs, nb, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_mat(rows, xs, nb, out) },
+            _ => mat_mat_scalar::<Self>(rows, xs, nb, out),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::gguf::GgmlType;
     use crate::quant::testutil;
 
     #[test]
     fn q5_k_kernels_match_scalar_and_references() {
         testutil::check_weight_type(GgmlType::Q5_K, 9);
+    }
+
+    #[test]
+    fn q5_k_simd_block_sums_equal_scalar() {
+        let gen = |rng: &mut testutil::Rng, trial: usize| {
+            let mut w = BlockQ5K {
+                d: rng.f16_scale(1e-4, 1e-2, false),
+                dmin: rng.f16_scale(1e-4, 1e-2, false),
+                scales: std::array::from_fn(|_| rng.byte()),
+                qh: std::array::from_fn(|_| rng.byte()),
+                qs: std::array::from_fn(|_| rng.byte()),
+            };
+            let mut x = testutil::random_q8k(rng);
+            if trial < 2 {
+                // Every scale and min 63, every value 31.
+                (w.scales, w.qh, w.qs) = ([0xFF; 12], [0xFF; 32], [0xFF; 128]);
+                x = testutil::q8k_from_qs(
+                    if trial == 0 {
+                        [127; QK_K]
+                    } else {
+                        [-127; QK_K]
+                    },
+                    0.5,
+                );
+            }
+            (w, x)
+        };
+        testutil::check_block_sums(
+            "q5_K",
+            2000,
+            gen,
+            block_dot,
+            &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
+        );
     }
 
     #[test]

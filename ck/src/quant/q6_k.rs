@@ -4,7 +4,10 @@
 
 use super::kquant::{make_qx_quants_rmse1, nearest_int, GROUP_MAX_EPS};
 use super::q8_k::BlockQ8K;
-use super::{f16_to_f32, f32_to_f16, Block, WeightKernels, QK_K};
+use super::{
+    f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
+    WeightKernels, QK_K,
+};
 
 /// ggml's `block_q6_K`. For each 128-value half `n`: `ql[64n + l]` holds
 /// the low nibbles of values `128n + l` (low) and `128n + 64 + l` (high),
@@ -151,6 +154,230 @@ pub(crate) fn vec_dot_q6k_q8k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
     sum
 }
 
+/// The i16 scales of the eight 32-value groups of a Q6_K block: group `g`
+/// (values `32g..32g+32`) gets `[sc[2g]; 8]` then `[sc[2g + 1]; 8]`, the
+/// layout `maddubs` leaves its 16-bit pair sums in. (ggml does this with
+/// a byte shuffle per group; LLVM rewrites that broadcast into three
+/// shuffles, so here one `vpshufb` per group picks words from a
+/// half-duplicated widened copy, which it keeps.)
+///
+/// # Safety
+///
+/// AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q6k_group_scales(scales: &[i8; 16]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    let s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.as_ptr().cast()));
+    let lo = _mm256_permute4x64_epi64(s16, 0x44);
+    let hi = _mm256_permute4x64_epi64(s16, 0xEE);
+    std::array::from_fn(|g| {
+        let m = (g % 4) as i64;
+        let word = |w: i64| (2 * w) | ((2 * w + 1) << 8);
+        let rep = |w: i64| {
+            let p = word(w);
+            p | (p << 16) | (p << 32) | (p << 48)
+        };
+        let ctrl = _mm256_set_epi64x(rep(2 * m + 1), rep(2 * m + 1), rep(2 * m), rep(2 * m));
+        _mm256_shuffle_epi8(if g < 4 { lo } else { hi }, ctrl)
+    })
+}
+
+/// The Q6_K tile of both x86 levels, ggml's AVX2 `ggml_vec_dot_q6_K_q8_K`:
+/// the 6-bit values are rebuilt unsigned (0..=63), dotted with `maddubs`,
+/// scaled per 16 values (`scale_acc`: `madd` + add, or `vpdpwssd`), and
+/// the `-32` offset is taken once per block as `32 * sum(scale * bsum)`;
+/// one FMA of `x.d * d` per block into eight lanes, then `hsum_float_8`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! q6k_tile {
+    () => {
+        /// The four 32-value groups of half `j` (values `128j + 32k + l`),
+        /// unsigned.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn q6_values(w: &BlockQ6K, j: usize) -> [__m256i; 4] {
+            let m3 = _mm256_set1_epi8(3);
+            let m15 = _mm256_set1_epi8(15);
+            let ql = w.ql.as_ptr().add(64 * j);
+            let q4bits1 = _mm256_loadu_si256(ql.cast());
+            let q4bits2 = _mm256_loadu_si256(ql.add(32).cast());
+            let q4bits_h = _mm256_loadu_si256(w.qh.as_ptr().add(32 * j).cast());
+            let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m3), 4);
+            let q4h_1 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(12)), 2);
+            let q4h_2 = _mm256_and_si256(q4bits_h, _mm256_set1_epi8(48));
+            let q4h_3 = _mm256_srli_epi16(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(-64)), 2);
+            [
+                _mm256_or_si256(_mm256_and_si256(q4bits1, m15), q4h_0),
+                _mm256_or_si256(_mm256_and_si256(q4bits2, m15), q4h_1),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m15), q4h_2),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m15), q4h_3),
+            ]
+        }
+
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            rows: [&[BlockQ6K]; R],
+            xs: [&[BlockQ8K]; C],
+        ) -> [[f32; R]; C] {
+            let nb = xs[0].len();
+            for r in &rows {
+                assert_eq!(r.len(), nb);
+            }
+            for x in &xs {
+                assert_eq!(x.len(), nb);
+            }
+            let mut acc = [[_mm256_setzero_ps(); R]; C];
+            for b in 0..nb {
+                let mut scales16 = [_mm256_setzero_si256(); R];
+                let mut dw = [_mm256_setzero_ps(); R];
+                for r in 0..R {
+                    let w = &rows[r][b];
+                    scales16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.scales.as_ptr().cast()));
+                    dw[r] = f16_splat(w.d);
+                }
+                let mut sumi = [[_mm256_setzero_si256(); R]; C];
+                let mut yd = [_mm256_setzero_ps(); C];
+                for c in 0..C {
+                    let x = &xs[c][b];
+                    yd[c] = _mm256_set1_ps(x.d());
+                    let q8sums = _mm256_loadu_si256(x.bsums.as_ptr().cast());
+                    for r in 0..R {
+                        let sub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, scales16[r]), 5);
+                        sumi[c][r] = _mm256_sub_epi32(sumi[c][r], sub);
+                    }
+                }
+                for j in 0..QK_K / 128 {
+                    let mut q = [[_mm256_setzero_si256(); 4]; R];
+                    let mut sc = [[_mm256_setzero_si256(); 4]; R];
+                    for r in 0..R {
+                        q[r] = q6_values(&rows[r][b], j);
+                        let g = q6k_group_scales(&rows[r][b].scales);
+                        sc[r].copy_from_slice(&g[4 * j..4 * j + 4]);
+                    }
+                    for c in 0..C {
+                        let q8 = xs[c][b].qs.as_ptr().add(128 * j);
+                        for k in 0..4 {
+                            let q8k = _mm256_loadu_si256(q8.add(32 * k).cast());
+                            for r in 0..R {
+                                let p16 = _mm256_maddubs_epi16(q[r][k], q8k);
+                                sumi[c][r] = scale_acc(sumi[c][r], sc[r][k], p16);
+                            }
+                        }
+                    }
+                }
+                for c in 0..C {
+                    for r in 0..R {
+                        let d = _mm256_mul_ps(yd[c], dw[r]);
+                        acc[c][r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[c][r]), acc[c][r]);
+                    }
+                }
+            }
+            let mut out = [[0.0f32; R]; C];
+            for c in 0..C {
+                for r in 0..R {
+                    out[c][r] = hsum_float_8(acc[c][r]);
+                }
+            }
+            out
+        }
+
+        /// The exact integer dot product of one super-block, through the
+        /// kernels' lanes.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        pub(crate) unsafe fn block_dot_lanes(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
+            let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
+            let q8sums = _mm256_loadu_si256(x.bsums.as_ptr().cast());
+            let sub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
+            let g = q6k_group_scales(&w.scales);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 128 {
+                let q = q6_values(w, j);
+                for k in 0..4 {
+                    let q8k = _mm256_loadu_si256(x.qs.as_ptr().add(128 * j + 32 * k).cast());
+                    sumi = scale_acc(sumi, g[4 * j + k], _mm256_maddubs_epi16(q[k], q8k));
+                }
+            }
+            hsum_i32_8(_mm256_sub_epi32(sumi, sub))
+        }
+    };
+}
+
+/// AVX2 + FMA + F16C.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::{q6k_group_scales, BlockQ6K, BlockQ8K, QK_K};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// `acc + madd(scale, p16)`.
+    #[inline(always)]
+    unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(scale, p16))
+    }
+
+    q6k_tile!();
+
+    tile_drivers!("avx2,fma,f16c", BlockQ6K, BlockQ8K, tile, mv_rows = 1, mm = 2 x 2);
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
+/// AVX-512 (BW, VL) + VNNI on 256-bit vectors (`vpdpwssd` for the
+/// scales).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::{q6k_group_scales, BlockQ6K, BlockQ8K, QK_K};
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// `acc + madd(scale, p16)` in one `vpdpwssd`.
+    #[inline(always)]
+    unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, scale, p16)
+    }
+
+    q6k_tile!();
+
+    tile_drivers!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        BlockQ6K,
+        BlockQ8K,
+        tile,
+        mv_rows = 2,
+        mm = 2 x 2
+    );
+
+    /// [`block_dot_lanes`] as a test entry point.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
+        // SAFETY: same CPU features as this function.
+        unsafe { block_dot_lanes(w, x) }
+    }
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -160,16 +387,75 @@ impl WeightKernels for Kernels {
     fn vec_dot_scalar(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
         vec_dot_q6k_q8k(w, x)
     }
+
+    fn mat_vec(kern: Level, rows: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_vec(rows, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_vec(rows, x, out) },
+            _ => mat_vec_scalar::<Self>(rows, x, out),
+        }
+    }
+
+    fn mat_mat(kern: Level, rows: &[BlockQ6K], xs: &[BlockQ8K], nb: usize, out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_mat(rows, xs, nb, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_mat(rows, xs, nb, out) },
+            _ => mat_mat_scalar::<Self>(rows, xs, nb, out),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::gguf::GgmlType;
     use crate::quant::testutil;
 
     #[test]
     fn q6_k_kernels_match_scalar_and_references() {
         testutil::check_weight_type(GgmlType::Q6_K, 10);
+    }
+
+    #[test]
+    fn q6_k_simd_block_sums_equal_scalar() {
+        let gen = |rng: &mut testutil::Rng, trial: usize| {
+            let mut w = BlockQ6K {
+                ql: std::array::from_fn(|_| rng.byte()),
+                qh: std::array::from_fn(|_| rng.byte()),
+                scales: std::array::from_fn(|_| rng.byte() as i8),
+                d: rng.f16_scale(1e-5, 1e-3, true),
+            };
+            let mut x = testutil::random_q8k(rng);
+            match trial {
+                // Values 63 with scales -128, then values 0 with 127,
+                // against the extreme activations.
+                0 => {
+                    (w.ql, w.qh, w.scales) = ([0xFF; 128], [0xFF; 64], [-128; 16]);
+                    x = testutil::q8k_from_qs([127; QK_K], 0.5);
+                }
+                1 => {
+                    (w.ql, w.qh, w.scales) = ([0; 128], [0; 64], [127; 16]);
+                    x = testutil::q8k_from_qs([-127; QK_K], 0.5);
+                }
+                _ => {}
+            }
+            (w, x)
+        };
+        testutil::check_block_sums(
+            "q6_K",
+            2000,
+            gen,
+            block_dot,
+            &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
+        );
     }
 
     #[test]

@@ -37,6 +37,11 @@ impl Rng {
         s * sd * 1.732
     }
 
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.unit()
+    }
+
     /// A random f16 scale of magnitude in [lo, hi), random sign if `signed`.
     pub fn f16_scale(&mut self, lo: f32, hi: f32, signed: bool) -> [u8; 2] {
         let mut v = lo * (hi / lo).powf(self.unit());
@@ -386,3 +391,24 @@ macro_rules! x86_twins {
     }};
 }
 pub(crate) use x86_twins;
+
+/// A Q8_K block with the given values and consistent `bsums`.
+pub fn q8k_from_qs(qs: [i8; QK_K], d: f32) -> BlockQ8K {
+    let mut bsums = [0u8; 32];
+    for j in 0..QK_K / 16 {
+        let s: i32 = qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+        bsums[2 * j..2 * j + 2].copy_from_slice(&(s as i16).to_le_bytes());
+    }
+    BlockQ8K {
+        d: d.to_le_bytes(),
+        qs,
+        bsums,
+    }
+}
+
+/// A random valid Q8_K activation block (values in -127..=127).
+pub fn random_q8k(rng: &mut Rng) -> BlockQ8K {
+    let qs = std::array::from_fn(|_| rng.i8_127());
+    let d = rng.range(1e-3, 1e-1);
+    q8k_from_qs(qs, d)
+}

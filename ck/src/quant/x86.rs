@@ -325,3 +325,81 @@ macro_rules! scaled_block_tile {
     };
 }
 pub(crate) use scaled_block_tile;
+
+/// ggml's `hsum` of a 4-lane accumulator in the K-quant kernels
+/// (`acc_m + movehl`, then `add_ss` with `movehdup`).
+///
+/// # Safety
+///
+/// SSE3.
+#[inline(always)]
+pub(crate) unsafe fn hsum_float_4(x: __m128) -> f32 {
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+}
+
+/// ggml's unpacking of a Q4_K/Q5_K block's 12 scale bytes (the
+/// `utmp`/`kmask` dance): 8 scales then 8 mins, as 16 bytes.
+#[inline(always)]
+pub(crate) fn k4_scales_mins(q: &[u8; 12]) -> [u32; 4] {
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let mut utmp = [
+        u32::from_le_bytes([q[0], q[1], q[2], q[3]]),
+        u32::from_le_bytes([q[4], q[5], q[6], q[7]]),
+        u32::from_le_bytes([q[8], q[9], q[10], q[11]]),
+        0,
+    ];
+    utmp[3] = ((utmp[2] >> 4) & KMASK2) | (((utmp[1] >> 6) & KMASK3) << 4);
+    let uaux = utmp[1] & KMASK1;
+    utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
+    utmp[2] = uaux;
+    utmp[0] &= KMASK1;
+    utmp
+}
+
+/// The sixteen i16 lanes of a Q4_K/Q5_K block's scales and mins
+/// (`_mm256_cvtepu8_epi16` of the unpacked bytes): scales in the low
+/// half, mins in the high half.
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn k4_mins_and_scales(q: &[u8; 12]) -> __m256i {
+    let u = k4_scales_mins(q);
+    _mm256_cvtepu8_epi16(_mm_set_epi32(
+        u[3] as i32,
+        u[2] as i32,
+        u[1] as i32,
+        u[0] as i32,
+    ))
+}
+
+/// ggml's `get_scale_shuffle_k4(i)`: picks i16 lane `i` of each 128-bit
+/// half.
+///
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn k4_scale_shuffle(i: usize) -> __m256i {
+    let pair = ((2 * i) | ((2 * i + 1) << 8)) as i16;
+    _mm256_set1_epi16(pair)
+}
+
+/// Q8_K's `bsums` summed in pairs (`_mm_hadd_epi16` of the two halves):
+/// lane `j` is the sum of the activations of 32-value sub-block `j`.
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+pub(crate) unsafe fn q8k_pair_sums(bsums: &[u8; 32]) -> __m128i {
+    let q8sums = _mm256_loadu_si256(bsums.as_ptr().cast());
+    _mm_hadd_epi16(
+        _mm256_extracti128_si256(q8sums, 0),
+        _mm256_extracti128_si256(q8sums, 1),
+    )
+}

@@ -1,6 +1,6 @@
 //! F32 weights against F32 activations (`ggml_vec_dot_f32`).
 
-use super::{Block, WeightKernels};
+use super::{mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level, WeightKernels};
 
 /// One f32 element, as little-endian bytes (block size 1).
 #[repr(C)]
@@ -42,6 +42,75 @@ pub(crate) fn vec_dot_f32_scalar(w: &[BlockF32], x: &[BlockF32]) -> f32 {
     sum as f32
 }
 
+/// AVX2 + FMA + F16C: ggml's AVX2 structure (four 8-lane accumulators).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::BlockF32;
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// Eight elements from `p` as f32.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 and F16C; `p` points at eight readable elements.
+    #[inline(always)]
+    unsafe fn load(p: *const BlockF32) -> __m256 {
+        _mm256_loadu_ps(p.cast())
+    }
+
+    float_tile!(
+        BlockF32,
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        load,
+        hsum_f32x8_ggml
+    );
+
+    tile_drivers!("avx2,fma,f16c", BlockF32, BlockF32, tile, mv_rows = 2, mm = 1 x 2);
+}
+
+/// AVX-512F: ggml's AVX-512 structure (four 16-lane accumulators).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::BlockF32;
+    use crate::quant::x86::*;
+    use std::arch::x86_64::*;
+
+    /// Sixteen elements from `p` as f32.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512F; `p` points at sixteen readable elements.
+    #[inline(always)]
+    unsafe fn load(p: *const BlockF32) -> __m512 {
+        _mm512_loadu_ps(p.cast())
+    }
+
+    float_tile!(
+        BlockF32,
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        load,
+        hsum_f32x16_gcc
+    );
+
+    tile_drivers!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        BlockF32,
+        BlockF32,
+        tile,
+        mv_rows = 2,
+        mm = 2 x 2
+    );
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -50,6 +119,30 @@ impl WeightKernels for Kernels {
 
     fn vec_dot_scalar(w: &[BlockF32], x: &[BlockF32]) -> f32 {
         vec_dot_f32_scalar(w, x)
+    }
+
+    fn mat_vec(kern: Level, rows: &[BlockF32], x: &[BlockF32], out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_vec(rows, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_vec(rows, x, out) },
+            _ => mat_vec_scalar::<Self>(rows, x, out),
+        }
+    }
+
+    fn mat_mat(kern: Level, rows: &[BlockF32], xs: &[BlockF32], nb: usize, out: &mut [f32]) {
+        match kern.level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernels` at this level proves the CPU features.
+            KernelLevel::Avx512 => unsafe { avx512::mat_mat(rows, xs, nb, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 => unsafe { avx2::mat_mat(rows, xs, nb, out) },
+            _ => mat_mat_scalar::<Self>(rows, xs, nb, out),
+        }
     }
 }
 

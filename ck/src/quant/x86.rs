@@ -403,3 +403,92 @@ pub(crate) unsafe fn q8k_pair_sums(bsums: &[u8; 32]) -> __m128i {
         _mm256_extracti128_si256(q8sums, 1),
     )
 }
+
+/// The register tile of the float types (F32, F16, BF16), after ggml's
+/// `ggml_vec_dot_f32`/`_f16`: `$load(ptr)` converts `$lanes` elements to
+/// f32; four accumulators of `$lanes` lanes take one FMA each per step of
+/// `4 * $lanes` elements; they are reduced as `(a0 + a2) + (a1 + a3)` and
+/// then across lanes (`$hsum`), and the last `n % (4 * $lanes)` elements
+/// are added in f64, as ggml does.
+macro_rules! float_tile {
+    ($W:ty, $vec:ty, $lanes:literal, $zero:ident, $fma:ident, $add:ident, $load:ident, $hsum:ident) => {
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            rows: [&[$W]; R],
+            xs: [&[$W]; C],
+        ) -> [[f32; R]; C] {
+            let n = xs[0].len();
+            for r in &rows {
+                assert_eq!(r.len(), n);
+            }
+            for x in &xs {
+                assert_eq!(x.len(), n);
+            }
+            let step = 4 * $lanes;
+            let np = n - n % step;
+            let mut acc = [[[$zero(); 4]; R]; C];
+            let mut i = 0;
+            while i < np {
+                for j in 0..4 {
+                    let mut wv = [$zero(); R];
+                    for r in 0..R {
+                        // In bounds: i + (j + 1) * lanes <= np <= n.
+                        wv[r] = $load(rows[r].as_ptr().add(i + j * $lanes));
+                    }
+                    for c in 0..C {
+                        let xv = $load(xs[c].as_ptr().add(i + j * $lanes));
+                        for r in 0..R {
+                            acc[c][r][j] = $fma(wv[r], xv, acc[c][r][j]);
+                        }
+                    }
+                }
+                i += step;
+            }
+            let mut out = [[0.0f32; R]; C];
+            for c in 0..C {
+                for r in 0..R {
+                    let a = acc[c][r];
+                    let v = $hsum($add($add(a[0], a[2]), $add(a[1], a[3])));
+                    let mut s = v as f64;
+                    for e in np..n {
+                        s += (rows[r][e].get() * xs[c][e].get()) as f64;
+                    }
+                    out[c][r] = s as f32;
+                }
+            }
+            out
+        }
+    };
+}
+pub(crate) use float_tile;
+
+/// ggml's `GGML_F32x8_REDUCE` lane sum: high + low half, then two
+/// `hadd`s.
+///
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn hsum_f32x8_ggml(x: __m256) -> f32 {
+    let t0 = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    let t1 = _mm_hadd_ps(t0, t0);
+    _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
+}
+
+/// `_mm512_reduce_add_ps` in GCC's order (halves, quarters, then two
+/// in-register shuffles), which ggml's AVX-512 float reduction uses.
+///
+/// # Safety
+///
+/// AVX-512F.
+#[inline(always)]
+pub(crate) unsafe fn hsum_f32x16_gcc(x: __m512) -> f32 {
+    let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(x), _mm512_castps512_ps256(x));
+    let t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+    let t8 = _mm_add_ps(t6, _mm_shuffle_ps(t6, t6, 0b01_00_11_10));
+    let t10 = _mm_add_ps(t8, _mm_shuffle_ps(t8, t8, 0b10_11_00_01));
+    _mm_cvtss_f32(t10)
+}

@@ -176,7 +176,7 @@ pub fn run(mut cmd: BenchCmd) -> Result<()> {
     match &mut cmd {
         BenchCmd::Decode(a) | BenchCmd::Trace(a) | BenchCmd::Plain(a) => resolve(a)?,
         BenchCmd::Hook { args, .. } => resolve(args)?,
-        BenchCmd::Parse { .. } => {}
+        BenchCmd::Parse { .. } | BenchCmd::Analyze { .. } => {}
     }
     match cmd {
         BenchCmd::Decode(a) => bench_decode(&a),

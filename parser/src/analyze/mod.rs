@@ -477,3 +477,175 @@ pub(crate) fn pct(part: f64, whole: f64) -> String {
         format!("{:.1}%", part * 100.0 / whole)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Bundle as TestBundle;
+    use cktrace_tracer::Op;
+
+    fn run(b: &TestBundle, only: &str) -> Results {
+        let bundle = Bundle::open("A", b.path()).unwrap();
+        let exps = select(&[only.to_string()]).unwrap();
+        analyze(std::slice::from_ref(&bundle), &exps, false)
+    }
+
+    fn check(r: &Results) -> &CheckOutcome {
+        &r.experiments[0].checks[0]
+    }
+
+    #[test]
+    fn select_names() {
+        assert_eq!(select(&[]).unwrap().len(), 3);
+        let s = select(&["file-order,paths".into()]).unwrap();
+        let names: Vec<&str> = s.iter().map(|e| e.name()).collect();
+        assert_eq!(names, ["paths", "file-order"]);
+        let e = select(&["nope".into()]).err().unwrap().to_string();
+        assert!(
+            e.contains("unknown experiment 'nope'") && e.contains("traffic"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn paths_check_passes_then_fails_on_a_wrong_buffer_type() {
+        let mut b = TestBundle::small();
+        // The synthetic decode steps read even layers through CPU_REPACK:
+        // say so in the registry, as the real tracer does.
+        for t in b.reg.tensors.iter_mut() {
+            if t.kind == TensorKind::Weight && t.layer.is_some_and(|l| l % 2 == 0) {
+                t.buffer_type = "CPU_REPACK".into();
+                t.source = MemorySource::Repacked;
+            }
+        }
+        b.write();
+        let r = run(&b, "paths");
+        assert!(check(&r).passed, "{}", check(&r).detail);
+        // Layer 1 is read through vec_dot in the synthetic decode steps;
+        // claim it sits in an extra buffer type.
+        let t = b
+            .reg
+            .tensors
+            .iter_mut()
+            .find(|t| t.name == "blk.1.attn_q.weight")
+            .unwrap();
+        t.buffer_type = "CPU_REPACK".into();
+        b.write();
+        let r = run(&b, "paths");
+        assert!(!check(&r).passed);
+        assert!(
+            check(&r).detail.contains("blk.1.attn_q.weight"),
+            "{}",
+            check(&r).detail
+        );
+    }
+
+    #[test]
+    fn file_order_check_passes_then_fails_on_a_shifted_offset() {
+        let mut b = TestBundle::small();
+        let r = run(&b, "file-order");
+        assert!(check(&r).passed, "{}", check(&r).detail);
+        let d = &r.experiments[0].data[0];
+        assert_eq!(d["mapped_bytes"], d["weight_bytes"]);
+        let f = d["sequential_fraction"].as_f64().unwrap();
+        assert!(f > 0.0 && f <= 1.0);
+        let t = b
+            .reg
+            .tensors
+            .iter_mut()
+            .find(|t| t.name == "blk.0.attn_k.weight")
+            .unwrap();
+        t.gguf_offset = t.gguf_offset.map(|o| o + 100);
+        b.write();
+        let r = run(&b, "file-order");
+        assert!(!check(&r).passed);
+        assert!(check(&r).detail.contains("overlap"), "{}", check(&r).detail);
+    }
+
+    #[test]
+    fn file_order_maps_repacked_rows_through_the_registry() {
+        // Repacked reads carry offsets in the repacked buffer; mapped through
+        // rows they still add up to the weight bytes.
+        let mut b = TestBundle::small();
+        for t in b
+            .reg
+            .tensors
+            .iter_mut()
+            .filter(|t| t.name.contains("blk.0."))
+        {
+            if t.kind == TensorKind::Weight {
+                t.source = MemorySource::Repacked;
+            }
+        }
+        for r in b
+            .recs
+            .iter_mut()
+            .filter(|r| r.layer == 0 && r.op == Op::MulMat as u8)
+        {
+            r.offset += 1 << 40; // nonsense in file terms
+        }
+        b.write();
+        let r = run(&b, "file-order");
+        // (The KV reads of layer 0 moved too; file-order maps weights only.)
+        assert!(check(&r).passed, "{}", check(&r).detail);
+    }
+
+    #[test]
+    fn traffic_weights_and_steps() {
+        let mut b = TestBundle::small();
+        let bundle = Bundle::open("A", b.path()).unwrap();
+        let (steps, _) = traffic::steps_of(&bundle);
+        assert_eq!(steps.len(), 3);
+        for s in steps.iter().filter(|s| s.phase == "decode") {
+            assert_eq!(s.split.weights, s.expected_weights, "step {}", s.step);
+            assert_eq!(s.embedding_rows_read, 1);
+        }
+        // A decode step missing: the check names it.
+        b.recs.retain(|r| r.step != 1);
+        b.write();
+        let r = run(&b, "traffic");
+        assert!(!check(&r).passed);
+        assert!(
+            check(&r)
+                .detail
+                .contains("step 1 was traced but has no records"),
+            "{}",
+            check(&r).detail
+        );
+    }
+
+    #[test]
+    fn outputs_are_written_and_self_contained() {
+        let b = TestBundle::small();
+        let b2 = TestBundle::small();
+        let bundles = vec![
+            Bundle::open("A", b.path()).unwrap(),
+            Bundle::open("B", b2.path()).unwrap(),
+        ];
+        let r = analyze(&bundles, &experiments(), false);
+        let out = tempfile::tempdir().unwrap();
+        let files = write_outputs(&r, out.path()).unwrap();
+        assert!(files.iter().any(|f| f.ends_with("report.html")));
+        let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+        assert!(!html.contains("http:") && !html.contains("https:"));
+        for id in ["summary", "traffic", "paths", "file-order"] {
+            assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["version"], RESULTS_VERSION);
+        assert_eq!(v["bundles"].as_array().unwrap().len(), 2);
+        for e in v["experiments"].as_array().unwrap() {
+            assert_eq!(e["checks"].as_array().unwrap().len(), 2);
+            assert_eq!(e["data"].as_array().unwrap().len(), 2);
+            for p in e["plots"].as_array().unwrap() {
+                let f = out.path().join(p["file"].as_str().unwrap());
+                let svg = std::fs::read_to_string(f).unwrap();
+                assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+            }
+        }
+        let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+        assert!(md.contains("| A |") && md.contains("| B |"));
+    }
+}

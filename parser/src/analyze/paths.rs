@@ -291,7 +291,7 @@ fn finish(b: &Bundle, acc: PathsAcc) -> Finished {
         ),
     );
     let mut census: Vec<CensusRow> = census.into_values().collect();
-    census.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    census.sort_by_key(|c| std::cmp::Reverse(c.bytes));
     let mut roles: Vec<RoleRow> = roles.into_values().collect();
     for r in &mut roles {
         r.layers.sort_unstable();

@@ -271,7 +271,7 @@ pub fn html(r: &Results) -> String {
             .collect::<Vec<_>>()
             .join(" vs "))
     );
-    let _ = write!(o, "<style>{CSS}</style></head><body>\n");
+    let _ = writeln!(o, "<style>{CSS}</style></head><body>");
     let _ = write!(
         o,
         "<section id=\"summary\"><h1>cktrace analyze {}</h1>\n<p>All checks {}: ",
@@ -314,7 +314,7 @@ pub fn html(r: &Results) -> String {
     for s in &r.experiments {
         let _ = write!(
             o,
-            "<section id=\"{}\" class=\"experiment\"><h2>{} <small>(<code>{}</code>)</small> {}</h2>\n",
+            "<section id=\"{}\" class=\"experiment\"><h2>{} <small>(<code>{}</code>)</small> {}</h2>",
             esc(&s.name),
             esc(&s.title),
             esc(&s.name),
@@ -339,7 +339,7 @@ pub fn html(r: &Results) -> String {
         for p in &s.plots {
             let _ = write!(
                 o,
-                "<figure>{}<figcaption>{} ({})</figcaption></figure>\n",
+                "<figure>{}<figcaption>{} ({})</figcaption></figure>",
                 inline_svg(&p.svg),
                 esc(&p.caption),
                 esc(&p.file)

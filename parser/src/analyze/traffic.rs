@@ -30,6 +30,9 @@ pub const KV_PAD: u64 = 256;
 
 pub struct Traffic;
 
+/// A byte kind's name and how to read it from a step.
+type KindGetter = (&'static str, fn(&StepRow) -> u64);
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Split {
     pub weights: u64,
@@ -183,11 +186,9 @@ impl Accumulator for TrafficAcc {
                     self.last = Some(key);
                 }
             }
-            K_KV => {
-                if self.last_kv != Some((r.step, r.tensor_id)) {
-                    s.kv.insert(r.tensor_id);
-                    self.last_kv = Some((r.step, r.tensor_id));
-                }
+            K_KV if self.last_kv != Some((r.step, r.tensor_id)) => {
+                s.kv.insert(r.tensor_id);
+                self.last_kv = Some((r.step, r.tensor_id));
             }
             _ => {}
         }
@@ -365,18 +366,22 @@ fn finish(b: &Bundle, mut acc: TrafficAcc) -> Finished {
         (Some(&a), Some(&z)) => (a..=z).collect(),
         _ => Vec::new(),
     });
+    // Missing steps first: they explain the rest.
+    let mut step_fails = Vec::new();
     for s in &expected {
         if !present.contains(s) {
-            fails.push(format!("step {s} was traced but has no records"));
+            step_fails.push(format!("step {s} was traced but has no records"));
         }
     }
     for s in &present {
         if !expected.contains(s) {
-            fails.push(format!(
+            step_fails.push(format!(
                 "step {s} has records but meta.json says it was not traced"
             ));
         }
     }
+    step_fails.append(&mut fails);
+    let mut fails = step_fails;
     let decode: Vec<&StepRow> = rows.iter().filter(|r| r.phase == "decode").collect();
     if decode.is_empty() {
         fails.push("no decode step in the trace: nothing to check".into());
@@ -594,7 +599,7 @@ impl Experiment for Traffic {
         let mib = |v: u64| v as f64 / (1u64 << 20) as f64;
         let mut series = Vec::new();
         for (bi, (b, f)) in bundles.iter().zip(&fin).enumerate() {
-            let kinds: [(&str, fn(&StepRow) -> u64); 4] = [
+            let kinds: [KindGetter; 4] = [
                 ("weights", |r| r.split.weights),
                 ("KV cache", |r| r.split.kv_cache),
                 ("activations", |r| r.split.activations),

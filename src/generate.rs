@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use crate::llama::{Context, Result, Sampler};
+use crate::llama::{Context, LlamaError, Result, Sampler};
+use crate::stop::{self, StopReason};
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -27,9 +28,24 @@ pub trait StepHook {
 pub struct NoHook;
 impl StepHook for NoHook {}
 
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EndReason {
+    /// `n_predict` tokens, or an end-of-generation token.
+    #[default]
+    Done,
+    /// A stop request (a signal, a closed stdout) at a step boundary.
+    Stopped(StopReason),
+    /// The next token did not fit in the context: `needed` tokens would have
+    /// (prompt + `n_predict`), the context holds `n_ctx`.
+    ContextFull { n_ctx: u32, needed: usize },
+}
+
 /// What a generation produced, with timings.
 #[derive(Clone, Debug, Default)]
 pub struct GenOutput {
+    /// Why it ended.
+    pub end: EndReason,
     pub prompt_tokens: Vec<i32>,
     /// Generated token ids (the first is sampled from the prompt's logits).
     pub tokens: Vec<i32>,
@@ -95,6 +111,14 @@ pub fn generate_from(
     };
     let mut pending: Vec<u8> = Vec::new();
 
+    let n_ctx = ctx.n_ctx();
+    if prompt_tokens.len() > n_ctx as usize {
+        return Err(LlamaError::PromptTooLong(format!(
+            "the prompt has {} tokens, more than the context holds (--ctx {n_ctx}); use --ctx {} or more",
+            prompt_tokens.len(),
+            prompt_tokens.len() + params.n_predict
+        )));
+    }
     let t0 = Instant::now();
     hook.before(0, 0, &prompt_tokens);
     ctx.decode(&prompt_tokens, 0)?;
@@ -104,6 +128,10 @@ pub fn generate_from(
 
     let mut pos = prompt_tokens.len() as i32;
     for step in 1..=params.n_predict as u32 {
+        if let Some(r) = stop::requested() {
+            out.end = EndReason::Stopped(r);
+            break;
+        }
         let tok = sampler.sample(ctx);
         let eog = model.is_eog(tok);
         if eog && !params.ignore_eos {
@@ -113,6 +141,19 @@ pub fn generate_from(
         pending.extend(model.token_bytes(tok));
         flush_utf8(&mut pending, &mut out.text, &mut on_text);
         if step as usize == params.n_predict {
+            break;
+        }
+        if pos as u32 >= n_ctx {
+            out.end = EndReason::ContextFull {
+                n_ctx,
+                needed: prompt_tokens.len() + params.n_predict,
+            };
+            break;
+        }
+        // A stop asked for while this token was sampled or printed (a closed
+        // stdout) ends the run before one more step.
+        if let Some(r) = stop::requested() {
+            out.end = EndReason::Stopped(r);
             break;
         }
         // Timed: the decode and the step hooks (a tracer's flush is part of

@@ -28,4 +28,5 @@ pub fn trace_root() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from("cktrace-traces"))
 }
 pub mod models;
+pub mod stop;
 pub mod testmodel;

@@ -26,6 +26,8 @@ pub enum LlamaError {
     Tokenize(usize),
     #[error("llama_decode failed with code {code} ({what})")]
     Decode { code: i32, what: &'static str },
+    #[error("{0}")]
+    PromptTooLong(String),
     #[error("{path}: quantize to {ftype} failed (llama_model_quantize returned {code}): {reason}")]
     Quantize {
         path: PathBuf,
@@ -492,6 +494,12 @@ impl<'m> Context<'m> {
 
     pub fn model(&self) -> &'m Model {
         self.model
+    }
+
+    /// The context length in tokens (what the KV cache holds).
+    pub fn n_ctx(&self) -> u32 {
+        // SAFETY: the context is valid for our lifetime.
+        unsafe { ffi::llama_n_ctx(self.ptr.as_ptr()) }
     }
 
     /// Evaluate `tokens` at positions `pos..pos+len` of sequence 0, asking for

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
-use cktrace::generate::{generate_from, GenParams, NoHook};
+use cktrace::generate::{generate_from, EndReason, GenParams, NoHook};
 use cktrace::llama::{self, Context, ContextParams, Model, ModelParams};
 use cktrace::trace::TraceSession;
 use cktrace::{bench, models};
@@ -328,6 +328,9 @@ fn quantize_cb(src: &Path, dst: &Path, ftype: &str) -> Result<()> {
 }
 
 fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
+    // Ctrl-C, SIGTERM and a closed stdout end the run at a step boundary
+    // with a finished bundle (see cktrace::stop).
+    cktrace::stop::install_handlers();
     if let Some(f) = &a.prompt_file {
         a.prompt = std::fs::read_to_string(f)
             .with_context(|| format!("--prompt-file {}: cannot read", f.display()))?;
@@ -339,12 +342,11 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
         None => None,
     };
     if let Some(t) = &token_ids {
-        if t.len() + a.n_predict > a.ctx as usize {
+        if t.len() > a.ctx as usize {
             bail!(
-                "--tokens {}: {} prompt tokens + {} to generate exceed --ctx {}",
+                "--tokens {}: {} prompt tokens do not fit in --ctx {}",
                 a.tokens.as_deref().unwrap_or(Path::new("")).display(),
                 t.len(),
-                a.n_predict,
                 a.ctx
             );
         }
@@ -406,17 +408,47 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
         if io_err.is_none() {
             let mut lock = stdout.lock();
             if let Err(e) = lock.write_all(s.as_bytes()).and_then(|_| lock.flush()) {
+                // A closed or failing stdout ends the run at the next step;
+                // the bundle is still finished below.
+                cktrace::stop::request_pipe_stop();
                 io_err = Some(e);
             }
         }
     })?;
-    if let Some(e) = io_err {
-        return Err(e).context("writing generated text");
+    let pipe_closed = io_err
+        .as_ref()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+    if io_err.is_none() {
+        let mut lock = stdout.lock();
+        let shown = writeln!(lock)
+            .and_then(|_| writeln!(lock, "{}", out.timing_line()))
+            .and_then(|_| lock.flush());
+        if let Err(e) = shown {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                io_err = Some(e);
+            }
+        }
     }
-    let mut lock = stdout.lock();
-    writeln!(lock)?;
-    writeln!(lock, "{}", out.timing_line())?;
-    drop(lock);
+    let (end, code) = match out.end {
+        EndReason::Done => ("done".to_string(), ExitCode::SUCCESS),
+        EndReason::Stopped(r) => {
+            if r != cktrace::stop::StopReason::BrokenPipe {
+                eprintln!(
+                    "cktrace: stopped by {} after {} steps",
+                    r.name(),
+                    out.step_tokens.len()
+                );
+            }
+            (r.name(), ExitCode::from(r.exit_code()))
+        }
+        EndReason::ContextFull { n_ctx, needed } => {
+            eprintln!(
+                "cktrace: context full: it holds {n_ctx} tokens (--ctx {}); --ctx {needed} would fit the prompt and {} generated tokens",
+                a.ctx, a.n_predict
+            );
+            ("context full".to_string(), ExitCode::SUCCESS)
+        }
+    };
     let untraced = window.map(|w| w.untraced).unwrap_or(0);
     if let Some(mut s) = session {
         let n_steps = out.step_tokens.len() as u32;
@@ -430,6 +462,9 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
             prompt_tokens: out.prompt_tokens.clone(),
             step_tokens: out.step_tokens.clone(),
             generated_tokens: out.tokens.clone(),
+            interrupted: matches!(out.end, EndReason::Stopped(_)),
+            end,
+            steps_completed: n_steps,
             ..run_meta(&path, &model, a.threads, &a.load, &text)
         };
 
@@ -449,7 +484,10 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
             eprintln!("cktrace: warning: {} records did not fit in --trace-capacity {}; raise it to keep them", st.dropped, st.capacity);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    match io_err {
+        Some(e) if !pipe_closed => Err(e).context("writing generated text"),
+        _ => Ok(code),
+    }
 }
 
 fn cmd_census(a: CensusArgs) -> Result<ExitCode> {

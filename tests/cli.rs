@@ -999,3 +999,228 @@ fn bench_resolves_catalogue_names() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("no-such-model"), "{}", stderr(&o));
 }
+
+fn send(child: &Child, sig: &str) {
+    let o = Command::new("kill")
+        .args([sig, &child.0.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+}
+
+fn meta_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("meta.json")).expect("meta.json")).unwrap()
+}
+
+/// A bundle finished at a step boundary: cut to its records, marked
+/// finished, `--validate` passing with nothing partial, `LAST` naming it.
+fn check_finished_bundle(root: &Path, dir: &Path) -> serde_json::Value {
+    let trace = dir.join("trace.bin");
+    let (h, _) = read_trace(dir);
+    assert_eq!((h.finished, h.dropped), (1, 0));
+    assert_eq!(
+        std::fs::metadata(&trace).unwrap().len(),
+        HEADER_SIZE as u64 + h.records * RECORD_SIZE as u64
+    );
+    let v = run(&["parse", dir.to_str().unwrap(), "--validate"]);
+    let text = stdout(&v);
+    assert!(v.status.success() && !text.contains("partial"), "{text}");
+    let last = std::fs::read_to_string(root.join("LAST")).unwrap();
+    assert_eq!(Path::new(last.trim()), std::fs::canonicalize(dir).unwrap());
+    let meta = meta_of(dir);
+    assert_eq!(meta["records"], h.records);
+    assert_eq!(meta["steps_completed"], h.steps_done);
+    meta
+}
+
+/// SIGINT and SIGTERM mid-decode end the run at the next step boundary
+/// with a finished bundle and the shell's exit code (128 + signal).
+#[test]
+fn sigint_and_sigterm_finish_the_bundle() {
+    let m = model("smollm2");
+    for (sig, code, name) in [("-INT", 130, "SIGINT"), ("-TERM", 143, "SIGTERM")] {
+        let d = scratch("sig");
+        let dir = d.path().join("t");
+        let mut child = spawn_traced(
+            &m,
+            &dir,
+            d.path(),
+            &["-n", "100000", "--ignore-eos", "--ctx", "4096"],
+        );
+        wait_for_header(
+            &mut child,
+            &dir.join("trace.bin"),
+            120,
+            "three completed steps",
+            |h| h.steps_done >= 3,
+        );
+        send(&child, sig);
+        let st = child.0.wait().unwrap();
+        assert_eq!(st.code(), Some(code), "{name}: {st}");
+        let meta = check_finished_bundle(d.path(), &dir);
+        assert_eq!(meta["interrupted"], true, "{name}");
+        assert_eq!(meta["end"], name);
+        assert!(meta["steps_completed"].as_u64().unwrap() >= 3);
+        assert_eq!(
+            meta["step_tokens"].as_array().unwrap().len() as u64,
+            meta["steps_completed"].as_u64().unwrap()
+        );
+    }
+}
+
+/// A second Ctrl-C while the first waits for the step to end aborts at once
+/// (the default action is back); the trace then reads like a killed one.
+#[test]
+fn a_second_sigint_aborts_and_the_trace_still_reads() {
+    use std::os::unix::process::ExitStatusExt;
+    let m = model("smollm2");
+    let d = scratch("sig2");
+    let dir = d.path().join("t");
+    let prompt = "A long prompt keeps the first step busy for a while. ".repeat(150);
+    let mut child = spawn_traced(
+        &m,
+        &dir,
+        d.path(),
+        &[
+            "-p", &prompt, "--raw", "-t", "1", "-n", "4", "--ctx", "4096",
+        ],
+    );
+    wait_for_header(
+        &mut child,
+        &dir.join("trace.bin"),
+        120,
+        "the trace header",
+        |h| h.capacity > 0,
+    );
+    send(&child, "-INT");
+    std::thread::sleep(Duration::from_millis(100));
+    send(&child, "-INT");
+    let st = child.0.wait().unwrap();
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGINT),
+        "not aborted by the second SIGINT: {st}"
+    );
+    assert!(!dir.join("meta.json").exists());
+    let (h, _) = check_killed_trace(&dir);
+    assert_eq!(h.finished, 0);
+}
+
+/// A run that fills its context stops with a notice naming the --ctx that
+/// would fit, prints its timing line, finishes the bundle and exits 0.
+#[test]
+fn a_full_context_ends_the_run_cleanly() {
+    let m = model("smollm2");
+    let d = scratch("ctxfull");
+    let dir = d.path().join("t");
+    let o = bin()
+        .arg("run")
+        .arg(&m)
+        .args([
+            "-p",
+            "Hello",
+            "-n",
+            "1000",
+            "--ignore-eos",
+            "--ctx",
+            "64",
+            "--trace",
+        ])
+        .arg(&dir)
+        .env("CKTRACE_TRACE_ROOT", d.path())
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("context full") && e.contains("(--ctx 64)") && e.contains("would fit"),
+        "{e}"
+    );
+    generated(&o); // the timing line is there
+    let meta = check_finished_bundle(d.path(), &dir);
+    assert_eq!(meta["end"], "context full");
+    assert_eq!(meta["interrupted"], false);
+}
+
+/// `cktrace run --trace | head -c 1`: the closed pipe is a stop request, not
+/// a death; the bundle is finished and the exit is 0, quietly.
+#[test]
+fn a_broken_pipe_finishes_the_bundle() {
+    use std::io::Read;
+    let m = model("smollm2");
+    let d = scratch("pipe");
+    let dir = d.path().join("t");
+    let mut child = Child(
+        bin()
+            .arg("run")
+            .arg(&m)
+            .args([
+                "-p",
+                "Hello",
+                "-n",
+                "2000",
+                "--ignore-eos",
+                "--ctx",
+                "4096",
+                "--trace",
+            ])
+            .arg(&dir)
+            .env("CKTRACE_TRACE_ROOT", d.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = child.0.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    out.read_exact(&mut one).unwrap();
+    drop(out); // as `head -c 1` exits
+    let st = child.0.wait().unwrap();
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "{st}: {err}");
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("error"),
+        "{err}"
+    );
+    let meta = check_finished_bundle(d.path(), &dir);
+    assert_eq!(meta["end"], "broken pipe");
+    assert!(meta["steps_completed"].as_u64().unwrap() < 2000);
+}
+
+/// A run into a directory that holds an earlier bundle removes the old
+/// files before it writes anything.
+#[test]
+fn a_rerun_removes_the_old_bundle_at_once() {
+    let m = model("smollm2");
+    let d = scratch("rerun");
+    let dir = d.path().join("t");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("meta.json"), b"{\"old\": true}").unwrap();
+    std::fs::write(dir.join("layout.json"), b"{}").unwrap();
+    let mut child = spawn_traced(
+        &m,
+        &dir,
+        d.path(),
+        &["-n", "100000", "--ignore-eos", "--ctx", "4096"],
+    );
+    wait_for_header(
+        &mut child,
+        &dir.join("trace.bin"),
+        120,
+        "the new trace",
+        |h| h.capacity > 0,
+    );
+    assert!(
+        !dir.join("meta.json").exists(),
+        "the old meta.json is still there"
+    );
+    assert!(!dir.join("layout.json").exists());
+    sigkill(&mut child);
+}

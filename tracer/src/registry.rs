@@ -146,6 +146,17 @@ pub struct Meta {
     /// Steps that ran but were not recorded (outside `traced_steps`).
     #[serde(default)]
     pub untraced_steps: u64,
+    /// The run was stopped early (a signal, a closed stdout) and finished
+    /// its bundle at a step boundary.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// Why the run ended: `done`, `SIGINT`, `SIGTERM`, `broken pipe`,
+    /// `context full`.
+    #[serde(default)]
+    pub end: String,
+    /// Steps completed (step 0 is the prompt).
+    #[serde(default)]
+    pub steps_completed: u32,
 }
 
 /// Facts about the machine a trace was recorded on, read at run time (the

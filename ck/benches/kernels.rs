@@ -7,7 +7,8 @@
 //! totalling 64 MiB, so the weights come from DRAM as in decode. The
 //! `mat_mat` line is prefill: 8 activation columns per weight pass,
 //! reported as weight GB/s per column (higher than mat_vec means the
-//! weight decode is being amortized).
+//! weight decode is being amortized). Each figure is the best of ten
+//! rounds, to keep other processes on a shared machine out of it.
 //!
 //! `cargo bench -p cktrace-ck --bench kernels [-- FILTER]`; FILTER matches
 //! a type name (e.g. `q5_0`).
@@ -32,19 +33,28 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `f` until `min` has passed; returns seconds per call.
+/// Seconds per call of `f`: the best of `ROUNDS` rounds of at least
+/// `min / ROUNDS` each. The minimum, not the mean, so that other processes
+/// on a shared machine disturb the figure as little as possible.
 fn time(min: Duration, mut f: impl FnMut()) -> f64 {
+    const ROUNDS: u32 = 10;
     f();
-    let mut n = 0u64;
-    let start = Instant::now();
-    loop {
-        f();
-        n += 1;
-        let e = start.elapsed();
-        if e >= min {
-            return e.as_secs_f64() / n as f64;
+    let round = min / ROUNDS;
+    let mut best = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let mut n = 0u64;
+        let start = Instant::now();
+        loop {
+            f();
+            n += 1;
+            let e = start.elapsed();
+            if e >= round {
+                best = best.min(e.as_secs_f64() / n as f64);
+                break;
+            }
         }
     }
+    best
 }
 
 fn main() {
@@ -68,7 +78,7 @@ fn main() {
     // (rows, k): ffn_up of SmolLM2 and Gemma, then their ffn_down.
     let shapes = [(1536usize, 576usize), (2048, 640), (576, 1536), (640, 2048)];
     let min = Duration::from_millis(300);
-    println!("single thread; GB/s of weight bytes (hot = in cache, stream = 64 MiB of copies)");
+    println!("single thread, best of 10 rounds; GB/s of weight bytes (hot = in cache, stream = 64 MiB of copies, mm8 = mat_mat with 8 columns, per column)");
     for &t in &types {
         if let Some(f) = &filter {
             if !t.name().contains(f.as_str()) {

@@ -124,6 +124,7 @@ pub(crate) mod avx2 {
     /// # Safety
     ///
     /// AVX2, FMA and F16C.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn block_dot(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
         // SAFETY: same CPU features as this function.
@@ -176,6 +177,7 @@ pub(crate) mod avx512 {
     /// # Safety
     ///
     /// The AVX-512 level's features.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn block_dot(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
         // SAFETY: same CPU features as this function.

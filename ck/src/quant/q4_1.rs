@@ -112,6 +112,7 @@ macro_rules! q4_1_tile {
         unsafe fn tile<const R: usize, const C: usize>(
             rows: [&[BlockQ4_1]; R],
             xs: [&[BlockQ8_1]; C],
+            pf: Prefetch,
         ) -> [[f32; R]; C] {
             let nb = xs[0].len();
             for r in &rows {
@@ -125,6 +126,7 @@ macro_rules! q4_1_tile {
             // does the same IEEE operations, so lane 0 is ggml's value).
             let mut summs = [[_mm256_setzero_ps(); R]; C];
             for b in 0..nb {
+                pf.step(b);
                 let mut wu = [_mm256_setzero_si256(); R];
                 let mut dw = [_mm256_setzero_ps(); R];
                 let mut mw = [_mm256_setzero_ps(); R];
@@ -164,6 +166,7 @@ macro_rules! q4_1_tile {
         /// # Safety
         ///
         /// The CPU features of this module's kernels.
+        #[cfg(test)]
         #[inline(always)]
         pub(crate) unsafe fn block_dot_lanes(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
             hsum_i32_8(lanes(
@@ -195,6 +198,7 @@ pub(crate) mod avx2 {
     /// # Safety
     ///
     /// AVX2, FMA and F16C.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn block_dot(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
         // SAFETY: same CPU features as this function.
@@ -230,6 +234,7 @@ pub(crate) mod avx512 {
     /// # Safety
     ///
     /// The AVX-512 level's features.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn block_dot(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
         // SAFETY: same CPU features as this function.

@@ -203,6 +203,7 @@ macro_rules! q5k_tile {
         unsafe fn tile<const R: usize, const C: usize>(
             rows: [&[BlockQ5K]; R],
             xs: [&[BlockQ8K]; C],
+            pf: Prefetch,
         ) -> [[f32; R]; C] {
             let nb = xs[0].len();
             for r in &rows {
@@ -215,6 +216,7 @@ macro_rules! q5k_tile {
             let mut acc = [[_mm256_setzero_ps(); R]; C];
             let mut summs = [[_mm_setzero_ps(); R]; C];
             for b in 0..nb {
+                pf.step(b);
                 let mut scales = [_mm256_setzero_si256(); R];
                 let mut mins = [_mm_setzero_si128(); R];
                 let mut dw = [_mm256_setzero_ps(); R];
@@ -295,6 +297,7 @@ macro_rules! q5k_tile {
         /// # Safety
         ///
         /// The CPU features of this module's kernels.
+        #[cfg(test)]
         #[inline(always)]
         pub(crate) unsafe fn block_dot_lanes(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
             let ms = k4_mins_and_scales(&w.scales);
@@ -362,6 +365,7 @@ pub(crate) mod avx2 {
     /// # Safety
     ///
     /// AVX2, FMA and F16C.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
         // SAFETY: same CPU features as this function.
@@ -406,6 +410,7 @@ pub(crate) mod avx512 {
     /// # Safety
     ///
     /// The AVX-512 level's features.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
         // SAFETY: same CPU features as this function.

@@ -224,6 +224,7 @@ macro_rules! q6k_tile {
         unsafe fn tile<const R: usize, const C: usize>(
             rows: [&[BlockQ6K]; R],
             xs: [&[BlockQ8K]; C],
+            pf: Prefetch,
         ) -> [[f32; R]; C] {
             let nb = xs[0].len();
             for r in &rows {
@@ -234,6 +235,7 @@ macro_rules! q6k_tile {
             }
             let mut acc = [[_mm256_setzero_ps(); R]; C];
             for b in 0..nb {
+                pf.step(b);
                 let mut scales16 = [_mm256_setzero_si256(); R];
                 let mut dw = [_mm256_setzero_ps(); R];
                 for r in 0..R {
@@ -293,6 +295,7 @@ macro_rules! q6k_tile {
         /// # Safety
         ///
         /// The CPU features of this module's kernels.
+        #[cfg(test)]
         #[inline(always)]
         pub(crate) unsafe fn block_dot_lanes(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
             let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
@@ -334,6 +337,7 @@ pub(crate) mod avx2 {
     /// # Safety
     ///
     /// AVX2, FMA and F16C.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
         // SAFETY: same CPU features as this function.
@@ -371,6 +375,7 @@ pub(crate) mod avx512 {
     /// # Safety
     ///
     /// The AVX-512 level's features.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
         // SAFETY: same CPU features as this function.

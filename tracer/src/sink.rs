@@ -427,6 +427,29 @@ pub fn flush_local() {
 /// Run `f` with this thread's buffer. `None` during thread teardown, when the
 /// buffer is gone: the caller must then count its records with
 /// [`count_dropped`].
+///
+/// The buffer (and the lock on it) cannot outlive the call: a writer that
+/// tries to keep it does not compile.
+///
+/// ```compile_fail
+/// let kept = cktrace_tracer::sink::with_writer(|w| w);
+/// ```
+///
+/// Nor can a sink be used after it was finished or detached: the API hands
+/// out only `Arc`s, `finish` keeps the header mapped for the sink's life,
+/// and a late write is counted, not performed.
+///
+/// ```
+/// use cktrace_tracer::{sink, Engine, TraceRecord};
+/// let dir = std::env::temp_dir().join(format!("cktrace-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let s = sink::TraceSink::create(&dir.join("t.bin"), 10, Engine::Ggml, 1).unwrap();
+/// let first = s.finish().unwrap();
+/// assert_eq!(s.finish().unwrap(), first); // a second finish changes nothing
+/// assert_eq!(s.write(&[TraceRecord::default()]), 0); // a late write is dropped...
+/// assert_eq!(s.stats().dropped, 1); // ...and counted
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
 #[inline]
 pub fn with_writer<R>(f: impl FnOnce(&mut Writer) -> R) -> Option<R> {
     LOCAL

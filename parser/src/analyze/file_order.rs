@@ -103,6 +103,9 @@ struct FileOrderAcc {
     touched: Vec<bool>,
     runs: [[u64; RUN_BUCKETS]; 2],
     heat: Vec<u64>,
+    /// The heatmap's x axis: decode time `[t0, t1)` ns, or (no decode
+    /// step) trace order over `slots`.
+    window: Option<(u64, u64)>,
     slots: u64,
     slot: u64,
     file_len: u64,
@@ -140,6 +143,7 @@ impl FileOrderAcc {
             touched: vec![false; n],
             runs: [[0; RUN_BUCKETS]; 2],
             heat: vec![0; NX * NY],
+            window: decode_window(&b.trace),
             slots: b.trace.slot_count().max(1) as u64,
             slot: 0,
             file_len: b.file_len.max(1),
@@ -266,8 +270,15 @@ impl Accumulator for FileOrderAcc {
             run,
         };
         self.step(r.step, r.phase).add(&o);
-        // Heatmap: x = trace order, y = file offset.
-        let x = ((slot * NX as u64) / self.slots).min(NX as u64 - 1) as usize;
+        // Heatmap: x = time of the decode steps (or trace order), y = file
+        // offset.
+        let x = match self.window {
+            Some(_) if !decode => return,
+            Some((t0, t1)) => ((r.t_ns.saturating_sub(t0) as u128 * NX as u128)
+                / (t1 - t0).max(1) as u128)
+                .min(NX as u128 - 1) as usize,
+            None => ((slot * NX as u64) / self.slots).min(NX as u64 - 1) as usize,
+        };
         let y0 = ((a as u128 * NY as u128) / self.file_len as u128).min(NY as u128 - 1) as usize;
         let y1 =
             (((b - 1) as u128 * NY as u128) / self.file_len as u128).min(NY as u128 - 1) as usize;
@@ -284,6 +295,43 @@ impl Accumulator for FileOrderAcc {
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
     }
+}
+
+/// First start and last end (ns) of the decode records, found without a
+/// pass: a bundle's steps are contiguous in the file (records are flushed
+/// after every step), so the first decode slot is found by bisection and
+/// the times are read from the blocks at either end.
+fn decode_window(trace: &crate::reader::Trace) -> Option<(u64, u64)> {
+    let n = trace.slot_count();
+    let decode_at = |i: usize| -> Option<bool> {
+        trace
+            .records_in(i..(i + 64).min(n))
+            .next()
+            .map(|r| r.phase == Phase::Decode as u8)
+    };
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match decode_at(mid) {
+            Some(true) => hi = mid,
+            _ => lo = mid + 1,
+        }
+    }
+    if lo >= n {
+        return None;
+    }
+    const EDGE: usize = 4096;
+    let t0 = trace
+        .records_in(lo..(lo + EDGE).min(n))
+        .filter(|r| r.phase == Phase::Decode as u8)
+        .map(|r| r.t_ns)
+        .min()?;
+    let t1 = trace
+        .records_in(n.saturating_sub(EDGE)..n)
+        .filter(|r| r.phase == Phase::Decode as u8)
+        .map(|r| r.t_ns + r.dur_ns as u64)
+        .max()?;
+    (t1 > t0).then_some((t0, t1))
 }
 
 #[derive(Clone, Serialize)]
@@ -315,6 +363,7 @@ struct Finished {
     forward_between: u64,
     backward_between: u64,
     heat: Vec<Vec<u64>>,
+    window: Option<(u64, u64)>,
     bounds: Vec<f64>,
     first_touch_order: Vec<String>,
     check: CheckOutcome,
@@ -501,6 +550,7 @@ fn finish(b: &Bundle, acc: FileOrderAcc) -> Finished {
         forward_between: fwd,
         backward_between: bwd,
         heat,
+        window: acc.window,
         bounds,
         first_touch_order: acc
             .first_touch
@@ -684,16 +734,31 @@ impl Experiment for FileOrder {
         ));
         for (b, f) in bundles.iter().zip(&fin) {
             let mib = (1u64 << 20) as f64;
+            let (caption, x_label, x_range) = match f.window {
+                Some((t0, t1)) => (
+                    format!(
+                        "{}: file offset read against time, decode steps (lines: tensor starts)",
+                        b.label
+                    ),
+                    "ms since the first decode step",
+                    (0.0, (t1 - t0) as f64 / 1e6),
+                ),
+                None => (
+                    format!(
+                        "{}: file offset read against trace order (lines: tensor starts)",
+                        b.label
+                    ),
+                    "records in trace order",
+                    (0.0, b.trace.slot_count() as f64),
+                ),
+            };
             plots.push(plot::heatmap(
                 &format!("file-order-heatmap-{}.svg", b.label),
-                &format!(
-                    "{}: file offset read against trace order (lines: tensor starts)",
-                    b.label
-                ),
-                "records in trace order (follows time)",
+                &caption,
+                x_label,
                 "file offset, MiB",
                 &f.heat,
-                (0.0, b.trace.slot_count() as f64),
+                x_range,
                 (0.0, b.file_len as f64 / mib),
                 &f.bounds,
             ));

@@ -46,19 +46,58 @@
 //!   (ggml-cpu/arch/x86/quants.c), which differs from ggml-quants.c's
 //!   reference: Q8_0/Q8_1 scale by `127 / amax` and round half to even
 //!   (`_mm256_round_ps`), where the reference multiplies by `1 / d` and
-//!   rounds half away from zero. Q8_K is the reference on x86 too. Every
-//!   level here (scalar included) produces identical bytes.
+//!   rounds half away from zero. Q8_K is the reference on x86 too; F16 is
+//!   `vcvtps2ph` round-to-nearest-even; BF16 is ggml's bit rounding. Every
+//!   level here (scalar included) writes identical bytes, and they equal
+//!   ggml's (checked against the pinned build's `quantize_row_q8_*`).
 //! * The integer part of every dot product is exact and identical at every
-//!   level. The AVX2 and AVX-512 paths also keep ggml's float structure
-//!   (eight f32 lanes, one FMA per block, ggml's horizontal sum), so for
-//!   the types ggml runs through `vec_dot` on x86 they return ggml's bits.
-//!   The scalar path accumulates one f32 per row, like ggml's generic code,
-//!   and agrees with the SIMD paths to ~1e-7 of the row's absolute sum.
+//!   level (the tests hold each SIMD twin's per-block integer sums to the
+//!   scalar ones). The AVX2 and AVX-512 paths also keep ggml's float
+//!   structure: eight f32 lanes, one FMA per block with the scale product
+//!   ggml forms, its 4-lane/scalar side sums (including the FMA GCC
+//!   contracts Q5_K's `summs += dmin * sum` into) and its horizontal sums.
+//!   Checked bit for bit against the pinned build's `ggml_vec_dot_*`
+//!   (native, Zen 4), both levels return ggml's bits for Q4_0, Q4_1, Q5_0,
+//!   Q8_0, Q4_K, Q5_K and Q6_K, and the AVX-512 level for F32 and F16.
+//!   (llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV for
+//!   them, and its prefill uses llamafile's tinyBLAS, so those results are
+//!   close to, not equal to, these.) BF16 is not bit-exact (ggml uses
+//!   `vdpbf16ps` when the CPU has it).
+//! * The scalar path accumulates one f32 per row, like ggml's generic
+//!   code, and agrees with the SIMD paths to ~1e-7 of the row's absolute
+//!   sum (tested at 1e-6).
+//! * `mat_vec` and `mat_mat` give every (row, column) pair the arithmetic
+//!   of `vec_dot`, so they equal it bit for bit; they differ only in how
+//!   many rows share an activation load and how many columns share a
+//!   weight decode, and in prefetching the next row group (the hardware
+//!   prefetcher alone streams several rows from DRAM far slower than one).
 //! * Weight rows must be well-formed blocks; activations must come from
 //!   [`Kernels::quantize_row`]. Malformed bytes never cause undefined
 //!   behavior, but SIMD and scalar may then disagree (e.g. a Q8 activation
 //!   byte of -128, which quantization never produces, overflows
 //!   `_mm256_sign_epi8` the same way it does in ggml).
+//!
+//! # Levels
+//!
+//! [`KernelLevel::Avx2`] needs AVX2, FMA and F16C; [`KernelLevel::Avx512`]
+//! adds AVX-512 F, BW, VL and VNNI and mostly uses 256-bit registers with
+//! mask registers (`qh` bits straight into a mask), `vpdpbusd` and
+//! `vpdpwssd`, which on Zen 4 beats 512-bit registers (double-pumped) for
+//! these block sizes. The choice is made at run time
+//! (`is_x86_feature_detected!`), so a portable build runs the same code as
+//! a `-C target-cpu=native` one.
+//!
+//! # Tests
+//!
+//! Per type, at every level the CPU has (scalar always): ggml's
+//! test-quantize-fns dot-product test on its own data (error per element
+//! under `MAX_DOT_PRODUCT_ERROR` = 0.02 for every type here; none is in
+//! ggml's low-bit list that gets 0.04), random valid blocks against the
+//! f64 dot of the dequantized rows (within 1e-5 of the sum of |products|;
+//! 1e-3 for Q4_1, whose activation sum `s` is rounded to f16), SIMD against
+//! scalar (1e-6 of the same sum), exact integer block sums, `mat_vec` and
+//! `mat_mat` equal to `vec_dot` bit for bit, hand-computed Q8_0/Q8_1/Q8_K
+//! blocks, and round trips under ggml's `MAX_QUANTIZATION_TOTAL_ERROR`.
 
 // The kernels are ports of ggml's C loops, which index several arrays
 // with one counter; iterator chains would hide the correspondence.

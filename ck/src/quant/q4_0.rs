@@ -95,11 +95,17 @@ pub(crate) mod avx2 {
     use crate::quant::x86::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn weights(w: &BlockQ4_0) -> __m256i {
         bytes_from_nibbles_32(&w.qs)
     }
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn act(x: &BlockQ8_0) -> Act {
         let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
@@ -110,6 +116,9 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
         _mm256_sub_epi32(dot_u8i8_lanes(wu, a.y), a.off)
@@ -140,11 +149,17 @@ pub(crate) mod avx512 {
     use crate::quant::x86::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn weights(w: &BlockQ4_0) -> __m256i {
         bytes_from_nibbles_32(&w.qs)
     }
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn act(x: &BlockQ8_0) -> Act {
         let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
@@ -156,6 +171,9 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
         dpbusd(a.off, wu, a.y)

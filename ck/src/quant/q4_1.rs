@@ -184,6 +184,9 @@ pub(crate) mod avx2 {
     use crate::quant::x86::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wu: __m256i, y: __m256i) -> __m256i {
         dot_u8i8_lanes(wu, y)
@@ -213,6 +216,9 @@ pub(crate) mod avx512 {
     use crate::quant::x86::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wu: __m256i, y: __m256i) -> __m256i {
         dpbusd(_mm256_setzero_si256(), wu, y)

@@ -316,6 +316,10 @@ pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     /// `acc + madd(scale, p16)`.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(scale, p16))
@@ -348,6 +352,10 @@ pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// `acc + madd(scale, p16)` in one `vpdpwssd` (exact, no saturation).
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
         _mm256_dpwssd_epi32(acc, scale, p16)

@@ -122,6 +122,10 @@ pub(crate) mod avx2 {
     /// The 5-bit values as unsigned bytes: nibbles, plus 16 where the
     /// `qh` bit is set (ggml's `bytes_from_bits_32` trick, kept unsigned
     /// so the offset can be taken once per activation block).
+    ///
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn weights(w: &BlockQ5_0) -> __m256i {
         let hi = bytes_from_bits_32(u32::from_le_bytes(w.qh));
@@ -131,6 +135,9 @@ pub(crate) mod avx2 {
         )
     }
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn act(x: &BlockQ8_0) -> Act {
         let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
@@ -142,6 +149,10 @@ pub(crate) mod avx2 {
     }
 
     /// `sum((q - 16) * y)` per group of four: `q * y` minus `16 * y`.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
         _mm256_sub_epi32(dot_u8i8_lanes(wu, a.y), a.off)
@@ -174,6 +185,9 @@ pub(crate) mod avx512 {
     use crate::quant::x86::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn weights(w: &BlockQ5_0) -> __m256i {
         let nib = bytes_from_nibbles_32(&w.qs);
@@ -181,6 +195,9 @@ pub(crate) mod avx512 {
         _mm256_mask_add_epi8(nib, k, nib, _mm256_set1_epi8(16))
     }
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn act(x: &BlockQ8_0) -> Act {
         let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
@@ -193,6 +210,10 @@ pub(crate) mod avx512 {
     }
 
     /// `-16 * y + q * y` per group of four, in one `vpdpbusd`.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
         dpbusd(a.off, wu, a.y)

@@ -343,12 +343,20 @@ pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     /// `acc + madd(scale, p16)`.
+    ///
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(scale, p16))
     }
 
     /// `lo + 16 * bit(hbits, bit)` per byte (ggml's shift-and-add).
+    ///
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn high(lo: __m256i, hbits: __m256i, bit: usize) -> __m256i {
         let m = _mm256_and_si256(hbits, _mm256_set1_epi8((1u8 << bit) as i8));
@@ -382,12 +390,20 @@ pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// `acc + madd(scale, p16)` in one `vpdpwssd`.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn scale_acc(acc: __m256i, scale: __m256i, p16: __m256i) -> __m256i {
         _mm256_dpwssd_epi32(acc, scale, p16)
     }
 
     /// `lo + 16` where bit `bit` of the `qh` byte is set.
+    ///
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn high(lo: __m256i, hbits: __m256i, bit: usize) -> __m256i {
         let k = _mm256_test_epi8_mask(hbits, _mm256_set1_epi8((1u8 << bit) as i8));

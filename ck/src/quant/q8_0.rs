@@ -219,11 +219,17 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn weights(w: &BlockQ8_0) -> __m256i {
         _mm256_loadu_si256(w.qs.as_ptr().cast())
     }
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn act(x: &BlockQ8_0) -> Act {
         Act {
@@ -233,6 +239,9 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// # Safety
+    ///
+    /// AVX2 (the features of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wv: __m256i, a: &Act) -> __m256i {
         let _ = a.off;
@@ -265,6 +274,9 @@ pub(crate) mod avx512 {
     use crate::quant::x86::*;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn weights(w: &BlockQ8_0) -> __m256i {
         _mm256_xor_si256(
@@ -273,6 +285,9 @@ pub(crate) mod avx512 {
         )
     }
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn act(x: &BlockQ8_0) -> Act {
         let y = _mm256_loadu_si256(x.qs.as_ptr().cast());
@@ -284,6 +299,9 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// # Safety
+    ///
+    /// The AVX-512 level's features (those of this module's kernels).
     #[inline(always)]
     unsafe fn lanes(wu: __m256i, a: &Act) -> __m256i {
         dpbusd(a.off, wu, a.y)

@@ -137,22 +137,21 @@ pub(crate) unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 ///
 /// Measured on Zen 4: with four rows in flight, the hardware prefetcher
 /// alone streams weights from DRAM at a third of the single-row rate
-/// (every row crosses 4 KiB pages on its own); with this, the 4-row
-/// kernels stream as fast as one row at a time.
+/// (every row crosses 4 KiB pages on its own); with this, the multi-row
+/// kernels stream at least as fast as ggml's one row at a time. The hint
+/// is T1 (into L2): the L1 prefetcher does the last hop, and L1 is not
+/// crowded with lines a cached matrix did not need fetched.
 #[derive(Clone, Copy)]
 pub(crate) struct Prefetch {
     base: *const u8,
     /// Bytes to cover per loop step.
     per_step: usize,
-    /// Cache lines to touch per loop step.
-    lines: usize,
 }
 
 impl Prefetch {
     pub(crate) const NONE: Prefetch = Prefetch {
         base: std::ptr::null(),
         per_step: 0,
-        lines: 0,
     };
 
     /// Prefetch the elements `next` (any type) over `steps` loop steps.
@@ -161,28 +160,47 @@ impl Prefetch {
         if bytes == 0 || steps == 0 {
             return Prefetch::NONE;
         }
-        let per_step = bytes.div_ceil(steps);
         Prefetch {
             base: next.as_ptr().cast(),
-            per_step,
-            lines: per_step.div_ceil(64) + 1,
+            per_step: bytes.div_ceil(steps),
         }
     }
 
-    /// Touch this step's share (a hint: never dereferences, never faults).
+    /// Touch the cache lines that start within steps `from..to`'s share
+    /// (and, at step 0, the line holding the first byte), so that each
+    /// line is touched once over the loop. A hint: the addresses are
+    /// never dereferenced, and prefetches never fault.
+    ///
+    /// # Safety
+    ///
+    /// SSE.
+    #[inline(always)]
+    pub(crate) unsafe fn range(&self, from: usize, to: usize) {
+        if self.base.is_null() {
+            return;
+        }
+        let a0 = self.base as usize + from * self.per_step;
+        let a1 = self.base as usize + to * self.per_step;
+        let mut line = if from == 0 { a0 & !63 } else { (a0 + 63) & !63 };
+        while line < a1 {
+            // `wrapping_add` from `base` keeps the pointer's provenance;
+            // nothing is read through it.
+            let p = self
+                .base
+                .wrapping_add(line.wrapping_sub(self.base as usize));
+            _mm_prefetch::<_MM_HINT_T1>(p.cast());
+            line += 64;
+        }
+    }
+
+    /// [`Prefetch::range`] of one step.
     ///
     /// # Safety
     ///
     /// SSE.
     #[inline(always)]
     pub(crate) unsafe fn step(&self, i: usize) {
-        if self.base.is_null() {
-            return;
-        }
-        let start = self.base.wrapping_add(i * self.per_step);
-        for l in 0..self.lines {
-            _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(64 * l).cast());
-        }
+        self.range(i, i + 1);
     }
 }
 
@@ -510,9 +528,9 @@ macro_rules! float_tile {
             let mut acc = [[[$zero(); 4]; R]; C];
             let mut i = 0;
             while i < np {
+                // `pf` spreads over the row's elements.
+                pf.range(i, i + step);
                 for j in 0..4 {
-                    // `pf` spreads over the row's elements.
-                    pf.step(i + j * $lanes);
                     let mut wv = [$zero(); R];
                     for r in 0..R {
                         // In bounds: i + (j + 1) * lanes <= np <= n.

@@ -167,7 +167,7 @@ pub enum QuantError {
         block: usize,
     },
 
-    #[error("{op}: {what} has {got} {unit}, expected {expected}")]
+    #[error("{op}: {what} is {got} {unit}, expected {expected}")]
     Length {
         op: &'static str,
         what: &'static str,
@@ -700,9 +700,9 @@ impl Kernels {
         }
         let w_bytes = row_bytes_for(op, w, k)?;
         let x_bytes = row_bytes_for(op, vec_dot_type(w), k)?;
-        let rows_bytes = mul(op, "the weight rows", w_bytes, out.len())?;
-        check_len(op, "the weight rows", "bytes", rows.len(), rows_bytes)?;
-        check_len(op, "the activation", "bytes", x_q.len(), x_bytes)?;
+        let rows_bytes = mul(op, "the weight data", w_bytes, out.len())?;
+        check_len(op, "the weight data", "bytes", rows.len(), rows_bytes)?;
+        check_len(op, "the activation data", "bytes", x_q.len(), x_bytes)?;
         if k == 0 {
             out.fill(0.0);
             return Ok(());
@@ -738,17 +738,17 @@ impl Kernels {
         let x_bytes = row_bytes_for(OP, vec_dot_type(w), k)?;
         check_len(
             OP,
-            "the weight rows",
+            "the weight data",
             "bytes",
             rows.len(),
-            mul(OP, "the weight rows", w_bytes, n_rows)?,
+            mul(OP, "the weight data", w_bytes, n_rows)?,
         )?;
         check_len(
             OP,
-            "the activations",
+            "the activation data",
             "bytes",
             xs_q.len(),
-            mul(OP, "the activations", x_bytes, n_cols)?,
+            mul(OP, "the activation data", x_bytes, n_cols)?,
         )?;
         check_len(
             OP,
@@ -878,7 +878,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "vec_dot: the weight rows has 43 bytes, expected 44"
+            "vec_dot: the weight data is 43 bytes, expected 44"
         );
         assert!(kern.try_vec_dot(GgmlType::Q5_0, 64, &w, &x[..10]).is_err());
         assert!(kern.try_vec_dot(GgmlType::Q5_0, 48, &w, &x).is_err());
@@ -906,7 +906,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "vec_dot: the activation has 10 bytes, expected 34")]
+    #[should_panic(expected = "vec_dot: the activation data is 10 bytes, expected 34")]
     fn vec_dot_panics_with_a_clear_message() {
         let kern = Kernels::detect();
         let w = vec![0u8; 22];

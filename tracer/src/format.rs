@@ -354,12 +354,6 @@ impl TraceHeader {
                 self.records, self.complete, self.capacity
             ));
         }
-        if self.steps_done_slots > self.records {
-            return Err(format!(
-                "corrupt header: steps_done_slots {} past records {}",
-                self.steps_done_slots, self.records
-            ));
-        }
         Ok(())
     }
 }

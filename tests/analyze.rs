@@ -431,6 +431,7 @@ fn damaged(src: &Path, dst: &Path, keep: impl Fn(&TraceRecord) -> bool, reg: imp
     h.records = n;
     h.complete = n;
     h.capacity = n;
+    h.steps_done_slots = h.steps_done_slots.min(n);
     let mut out = h.to_bytes().to_vec();
     out.extend_from_slice(&body);
     std::fs::write(dst.join("trace.bin"), out).unwrap();

@@ -511,11 +511,21 @@ mod tests {
     fn paths_check_passes_then_fails_on_a_wrong_buffer_type() {
         let mut b = TestBundle::small();
         // The synthetic decode steps read even layers through CPU_REPACK:
-        // say so in the registry, as the real tracer does.
+        // say so in the registry, as the real tracer does, and let their
+        // prompt batches take the repack gemm too.
+        let mut repacked = Vec::new();
         for t in b.reg.tensors.iter_mut() {
             if t.kind == TensorKind::Weight && t.layer.is_some_and(|l| l % 2 == 0) {
                 t.buffer_type = "CPU_REPACK".into();
                 t.source = MemorySource::Repacked;
+                repacked.push(t.id);
+            }
+        }
+        for r in b.recs.iter_mut() {
+            if repacked.contains(&r.tensor_id)
+                && r.path == cktrace_tracer::KernelPath::Llamafile as u8
+            {
+                r.path = cktrace_tracer::KernelPath::RepackGemm as u8;
             }
         }
         b.write();

@@ -1,22 +1,23 @@
 //! `paths`: the kernel-path census (which path read which tensors, per
 //! tensor type and buffer type), and what the naive approach would have
-//! recorded of it: one hook in the generic `ggml_compute_forward_mul_mat`
-//! chunk loop (`vec_dot`), logging on thread 0 only. Such a hook sees the
-//! rows thread 0 computed of the tensors that reach the generic loop, and
+//! recorded of it: one hook in the generic `ggml_compute_forward_mul_mat`,
+//! logging on thread 0 only. Such a hook sees what thread 0 computed of the
+//! tensors that reach that function (the paths inside it: the `vec_dot`
+//! chunk loop, and the llamafile and tiled kernels it hands batches to), and
 //! nothing of repacked tensors (computed by the extra buffer type before
-//! the generic function), `get_rows` (the embedding), llamafile tiles or
+//! the generic function is reached), `get_rows` (the embedding) or
 //! `mul_mat_id`.
 //!
 //! The check is a cross-check of two independent sources: the naive hook's
 //! "would have seen" set predicted from the registry (a weight read by a
-//! decode-step matmul reaches the generic loop exactly when its buffer is
-//! not an extra buffer type) must equal the weights whose records carry the
-//! generic path code, with no weight read partly through it.
+//! `mul_mat` reaches the generic function exactly when its buffer is not an
+//! extra buffer type) must equal the weights whose records carry a path of
+//! the generic function, with no weight read partly through it.
 
 use std::any::Any;
 use std::collections::BTreeMap;
 
-use cktrace_tracer::{KernelPath, MemorySource, Op, Phase, TensorKind, TraceRecord};
+use cktrace_tracer::{KernelPath, MemorySource, Op, TensorKind, TraceRecord};
 use serde::Serialize;
 use serde_json::json;
 
@@ -25,6 +26,14 @@ use super::{bytes, pct, Accumulator, Bundle, CheckOutcome, Experiment, Section, 
 
 pub struct Paths;
 
+/// The kernel paths inside `ggml_compute_forward_mul_mat`: its chunk loop
+/// and the kernels it hands a whole op to.
+pub const GENERIC_FN: [u8; 3] = [
+    KernelPath::VecDot as u8,
+    KernelPath::Llamafile as u8,
+    KernelPath::Tiled as u8,
+];
+
 /// Per tensor: what read it, by path.
 #[derive(Clone, Default)]
 struct TensorAcc {
@@ -32,12 +41,12 @@ struct TensorAcc {
     paths: u64,
     records: u64,
     bytes: u64,
-    /// Bytes read through the generic loop (any thread / thread 0).
+    /// Bytes read through the generic function (any thread / thread 0).
     generic_bytes: u64,
     generic_t0_bytes: u64,
-    /// Decode-step matmul records, and those on the generic path.
-    decode_mm: u64,
-    decode_mm_generic: u64,
+    /// `mul_mat` records, and those on a path of the generic function.
+    mm: u64,
+    mm_generic: u64,
 }
 
 struct PathsAcc {
@@ -68,16 +77,16 @@ impl Accumulator for PathsAcc {
         t.paths |= bit(r.path);
         t.records += 1;
         t.bytes += r.len;
-        let generic = r.path == KernelPath::VecDot as u8;
+        let generic = GENERIC_FN.contains(&r.path);
         if generic {
             t.generic_bytes += r.len;
             if r.thread == 0 {
                 t.generic_t0_bytes += r.len;
             }
         }
-        if r.phase == Phase::Decode as u8 && r.op == Op::MulMat as u8 {
-            t.decode_mm += 1;
-            t.decode_mm_generic += generic as u64;
+        if r.op == Op::MulMat as u8 {
+            t.mm += 1;
+            t.mm_generic += generic as u64;
         }
     }
 
@@ -250,44 +259,44 @@ fn finish(b: &Bundle, acc: PathsAcc) -> Finished {
         r.seen_bytes += t.generic_t0_bytes;
 
         // The check: registry prediction against the records' path codes.
-        if t.decode_mm > 0 {
+        if t.mm > 0 {
             checked += 1;
             let predicted =
                 info.source != MemorySource::Repacked && !is_extra_buffer(&info.buffer_type);
-            let actual_all = t.decode_mm_generic == t.decode_mm;
-            let actual_none = t.decode_mm_generic == 0;
+            let actual_all = t.mm_generic == t.mm;
+            let actual_none = t.mm_generic == 0;
             generic_weights += actual_all as u64;
             if predicted && !actual_all {
                 fails.push(format!(
-                    "{} ({} in {}): predicted to reach the generic mul_mat loop, but {} of its {} decode records took {}",
+                    "{} ({} in {}): predicted to reach the generic mul_mat, but {} of its {} mul_mat records took {}",
                     info.name,
                     info.dtype,
                     info.buffer_type,
-                    t.decode_mm - t.decode_mm_generic,
-                    t.decode_mm,
-                    path_names(t.paths & !bit(KernelPath::VecDot as u8)).join("+")
+                    t.mm - t.mm_generic,
+                    t.mm,
+                    path_names(GENERIC_FN.iter().fold(t.paths, |m, p| m & !bit(*p))).join("+")
                 ));
             } else if !predicted && !actual_none {
                 fails.push(format!(
-                    "{} ({} in {}, {}): an extra buffer type, yet {} of its decode records took the generic path",
+                    "{} ({} in {}, {}): an extra buffer type, yet {} of its mul_mat records took a path of the generic mul_mat",
                     info.name,
                     info.dtype,
                     info.buffer_type,
                     crate::names::source(info.source),
-                    t.decode_mm_generic
+                    t.mm_generic
                 ));
             }
         }
     }
     if checked == 0 {
-        fails.push("no weight read by a decode-step matmul: nothing to check".into());
+        fails.push("no weight read by a mul_mat: nothing to check".into());
     }
     let check = CheckOutcome::new(
         b,
         checked,
         fails,
         format!(
-            "{checked} weights read by decode matmuls: the registry's buffer types predict exactly the {generic_weights} that took the generic path"
+            "{checked} weights read by mul_mat: the registry's buffer types predict exactly the {generic_weights} that reached the generic mul_mat"
         ),
     );
     let mut census: Vec<CensusRow> = census.into_values().collect();
@@ -374,7 +383,7 @@ impl Experiment for Paths {
         }
         tables.push(t);
         let mut t = Table::new(
-            "What a hook in the generic mul_mat loop on thread 0 would have recorded, per weight role",
+            "What a hook in the generic ggml_compute_forward_mul_mat on thread 0 would have recorded, per weight role",
             &["bundle", "weight", "dtype", "paths", "layers seen", "layers missed", "bytes seen"],
         );
         for (b, f) in bundles.iter().zip(&fin) {
@@ -460,7 +469,7 @@ impl Experiment for Paths {
                     "kernel_paths": f.kernel_paths,
                     "census": f.census,
                     "naive_hook": {
-                        "hook": "generic ggml_compute_forward_mul_mat chunk loop (vec_dot), thread 0 only",
+                        "hook": "generic ggml_compute_forward_mul_mat (vec_dot, llamafile, tiled), thread 0 only",
                         "roles": f.roles,
                         "seen_bytes": f.seen_bytes,
                         "weight_bytes": f.weight_bytes,
@@ -472,8 +481,8 @@ impl Experiment for Paths {
         Section {
             name: self.name().into(),
             title: self.title().into(),
-            measured: "Which kernel path read each tensor (per tensor type and buffer type), and which weights and layers a hook in the generic mul_mat loop on thread 0 would have recorded or missed.".into(),
-            check_title: "the weights the registry's buffer types predict to reach the generic mul_mat loop are exactly those whose decode records carry the generic path".into(),
+            measured: "Which kernel path read each tensor (per tensor type and buffer type), and which weights and layers a hook in the generic ggml_compute_forward_mul_mat on thread 0 would have recorded or missed.".into(),
+            check_title: "the weights the registry's buffer types predict to reach the generic mul_mat are exactly those whose mul_mat records carry its paths (vec_dot, llamafile, tiled)".into(),
             checks: fin.into_iter().map(|f| f.check).collect(),
             tables,
             plots: vec![p1],

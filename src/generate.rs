@@ -175,8 +175,9 @@ pub fn generate_from(
     Ok(out)
 }
 
-/// Move the longest valid UTF-8 prefix of `pending` to `text` / `on_text`.
-fn flush_utf8(pending: &mut Vec<u8>, text: &mut String, on_text: &mut impl FnMut(&str)) {
+/// Move the longest valid UTF-8 prefix of `pending` to `text` / `on_text`
+/// (shared by the ggml and ck generation loops).
+pub fn flush_utf8(pending: &mut Vec<u8>, text: &mut String, on_text: &mut impl FnMut(&str)) {
     let valid = match std::str::from_utf8(pending) {
         Ok(_) => pending.len(),
         Err(e) if e.error_len().is_some() => pending.len(), // invalid, not just incomplete

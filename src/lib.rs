@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod census;
 pub mod check;
+pub mod ck_cli;
 pub mod ffi;
 pub mod generate;
 pub mod llama;

@@ -167,6 +167,17 @@ unsafe impl Sync for Model {}
 
 impl Model {
     pub fn load(path: &Path, params: ModelParams) -> Result<Model> {
+        Model::load_with(path, params, false)
+    }
+
+    /// Loads only the vocabulary (tokenizer, chat template, special
+    /// tokens): no tensor is read or mapped, so an engine that reads the
+    /// weights itself (the ck engine) does not map them twice.
+    pub fn load_vocab_only(path: &Path) -> Result<Model> {
+        Model::load_with(path, ModelParams::default(), true)
+    }
+
+    fn load_with(path: &Path, params: ModelParams, vocab_only: bool) -> Result<Model> {
         init();
         let c = cpath(path)?;
         // SAFETY: default params are plain data; we only change scalar fields.
@@ -178,6 +189,7 @@ impl Model {
         };
         p.use_extra_bufts = params.repack;
         p.n_gpu_layers = 0;
+        p.vocab_only = vocab_only;
         take_last_error();
         // SAFETY: `c` is a valid C string for the duration of the call.
         let raw = unsafe { ffi::llama_model_load_from_file(c.as_ptr(), p) };
@@ -602,6 +614,39 @@ impl Sampler {
         // SAFETY: both handles are valid; idx -1 = last output.
         unsafe { ffi::llama_sampler_sample(self.ptr.as_ptr(), ctx.as_ptr(), -1) }
     }
+
+    /// Sample from a logits slice (one per token id) with the same chain,
+    /// as `llama_sampler_sample` does with a context's logits: apply, take
+    /// the selected token, accept it.
+    pub fn sample_logits(&mut self, logits: &[f32]) -> i32 {
+        let mut cur: Vec<ffi::llama_token_data> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &logit)| ffi::llama_token_data {
+                id: i as i32,
+                logit,
+                p: 0.0,
+            })
+            .collect();
+        let mut arr = ffi::llama_token_data_array {
+            data: cur.as_mut_ptr(),
+            size: cur.len(),
+            selected: -1,
+            sorted: false,
+        };
+        // SAFETY: `arr` points at `cur`, which outlives both calls; the
+        // chain only reorders/edits the array's entries within `size`.
+        unsafe {
+            ffi::llama_sampler_apply(self.ptr.as_ptr(), &mut arr);
+            let tok = if arr.selected >= 0 && (arr.selected as usize) < arr.size {
+                (*arr.data.add(arr.selected as usize)).id
+            } else {
+                0
+            };
+            ffi::llama_sampler_accept(self.ptr.as_ptr(), tok);
+            tok
+        }
+    }
 }
 
 impl Drop for Sampler {
@@ -625,6 +670,7 @@ pub const FTYPES: &[(&str, ffi::llama_ftype)] = &[
     ("Q5_K_M", ffi::LLAMA_FTYPE_MOSTLY_Q5_K_M),
     ("Q6_K", ffi::LLAMA_FTYPE_MOSTLY_Q6_K),
     ("F16", ffi::LLAMA_FTYPE_MOSTLY_F16),
+    ("BF16", ffi::LLAMA_FTYPE_MOSTLY_BF16),
 ];
 
 /// Quantize `input` to `output` as `ftype` (requantizing allowed).

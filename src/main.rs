@@ -36,6 +36,8 @@ struct Cli {
 enum Cmd {
     /// Generate text from a GGUF model through llama.cpp.
     Run(RunArgs),
+    /// Write the ck engine's address book (layout.json) for a model.
+    Layout(cktrace::ck_cli::LayoutArgs),
     /// Fetch and list the real models cktrace works with.
     #[command(subcommand)]
     Models(ModelsCmd),
@@ -43,7 +45,7 @@ enum Cmd {
     Quantize {
         input: PathBuf,
         output: PathBuf,
-        /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_M, Q4_K_S, Q4_K_M, Q5_K_M, Q6_K, F16
+        /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K_M, Q4_K_S, Q4_K_M, Q5_K_M, Q6_K, F16, BF16
         #[arg(name = "TYPE")]
         ftype: String,
         #[arg(short = 't', long, default_value_t = 2, value_parser = cktrace::check::flags::threads, allow_negative_numbers = true)]
@@ -202,6 +204,8 @@ struct RunArgs {
     /// to the end); the other steps run untraced and are counted in meta.json.
     #[arg(long, value_name = "A..B", requires = "trace", value_parser = parse_step_range)]
     trace_steps: Option<(u32, u32)>,
+    #[command(flatten)]
+    engine: cktrace::ck_cli::EngineArgs,
 }
 
 fn main() -> ExitCode {
@@ -259,6 +263,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
+        Cmd::Layout(a) => {
+            let path = resolve_model(Some(&a.model))?;
+            cktrace::ck_cli::layout(&a, &path, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Models(m) => cmd_models(m),
         Cmd::Quantize {
             input,
@@ -336,6 +345,24 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
             .with_context(|| format!("--prompt-file {}: cannot read", f.display()))?;
     }
     let path = resolve_model(a.model.as_deref())?;
+    if a.engine.is_ck() {
+        if a.trace.is_some() {
+            bail!("--trace: tracing the ck engine is not implemented yet");
+        }
+        let p = cktrace::ck_cli::RunParams {
+            prompt: &a.prompt,
+            n_predict: a.n_predict,
+            threads: a.threads as usize,
+            ctx: a.ctx as usize,
+            seed: a.seed,
+            temp: a.temp,
+            ignore_eos: a.ignore_eos,
+            raw: a.raw,
+        };
+        cktrace::ck_cli::run_stdout(&path, &a.engine, &p)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    a.engine.check_ggml()?;
     let model = a.load.load(&path)?;
     let token_ids = match &a.tokens {
         Some(f) => Some(read_token_file(f, model.n_vocab())?),

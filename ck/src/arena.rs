@@ -137,6 +137,16 @@ pub fn f32s_mut(b: &mut [u8]) -> &mut [f32] {
     mid
 }
 
+/// `b` as little-endian `f16`s (the KV cache); panics if `b` is not 2-byte
+/// aligned or has an odd length.
+pub fn f16s(b: &[u8]) -> &[half::f16] {
+    // SAFETY: f16 is a 2-byte plain-old-data type (repr(transparent) over
+    // u16); every bit pattern is a valid f16; align_to keeps the lifetime.
+    let (head, mid, tail) = unsafe { b.align_to::<half::f16>() };
+    assert!(head.is_empty() && tail.is_empty(), "misaligned f16 view");
+    mid
+}
+
 /// A read-only map of a whole file.
 pub struct MappedFile {
     map: memmap2::Mmap,

@@ -3,8 +3,10 @@
 //! layout planner and arena, quantized kernels, ops, architectures, thread
 //! pool), so that it builds and tests in seconds without cmake.
 
+pub mod arch;
 pub mod arena;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod layout;
@@ -13,4 +15,5 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 
+pub use engine::{Engine, EngineOptions};
 pub use error::{CkError, Result};

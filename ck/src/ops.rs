@@ -72,8 +72,10 @@ pub fn rope_apply(kind: RopeKind, n_dims: usize, cache: &[f32], x: &mut [f32]) {
             RopeKind::Neox => (i0 / 2, i0 / 2 + n_dims / 2),
         };
         let (x0, x1) = (x[a], x[b]);
-        x[a] = x0 * c - x1 * s;
-        x[b] = x0 * s + x1 * c;
+        // ggml's `rotate_pairs`, as the C++ compiler contracts it (GCC's
+        // default -ffp-contract=fast): the first product fused.
+        x[a] = fma32(x0, c, -(x1 * s));
+        x[b] = fma32(x0, s, x1 * c);
     }
 }
 
@@ -101,6 +103,26 @@ pub fn silu(x: f32) -> f32 {
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = silu(g) * u;
+    }
+}
+
+/// `out[i] = silu(gate[i]) * up[i]` as ggml's `ggml_vec_swiglu_f32` on
+/// this CPU: `lanes` at a time with `ggml_v_silu` (`x / (1 + v_expf(0 -
+/// x))`), the tail with libm's `expf`.
+pub fn swiglu_ggml(lanes: usize, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let exp = if lanes == 16 {
+        expf_ggml_avx512
+    } else {
+        expf_ggml_avx2
+    };
+    let n = out.len().min(gate.len()).min(up.len());
+    let full = n / lanes * lanes;
+    for i in 0..full {
+        let g = gate[i];
+        out[i] = (g / (1.0 + exp(0.0 - g))) * up[i];
+    }
+    for i in full..n {
+        out[i] = silu(gate[i]) * up[i];
     }
 }
 
@@ -157,6 +179,216 @@ pub fn store_f16(x: &[f32], dst: &mut [u8]) {
 pub fn store_f32(x: &[f32], dst: &mut [u8]) {
     for (d, &v) in dst.chunks_exact_mut(4).zip(x) {
         d.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// How ggml's CPU build on this machine (llama.cpp builds with
+/// `GGML_NATIVE`, for the host CPU) groups the float arithmetic of the
+/// attention, so that the ck engine can add in the same order and match it
+/// bit for bit:
+///
+/// - KQ and KQV are F16 x F16 matmuls that ggml hands to llamafile's
+///   tinyBLAS: one accumulator of `dot_lanes` f32 lanes per output (16 with
+///   AVX-512F, 8 with AVX2), an FMA per lane per step, then the halves
+///   folded (`hsum`, `_mm512_reduce_add_ps`).
+/// - Softmax exponentiates `softmax_lanes` values at a time with
+///   `ggml_v_expf` (a polynomial, not libm's `expf`) and adds each
+///   vector's folded sum into an f64.
+///
+/// The products of two f16 values are exact in f32, so `acc + a * b` is
+/// the FMA ggml computes; no FMA instruction is needed to match it. This
+/// follows the CPU, not `--kernels`: every kernel level gives the same
+/// attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GgmlLanes {
+    pub dot_lanes: usize,
+    pub softmax_lanes: usize,
+}
+
+impl GgmlLanes {
+    /// What ggml built for this CPU uses.
+    pub fn detect() -> GgmlLanes {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                let dq = is_x86_feature_detected!("avx512dq");
+                return GgmlLanes {
+                    dot_lanes: 16,
+                    softmax_lanes: if dq { 16 } else { 8 },
+                };
+            }
+        }
+        GgmlLanes {
+            dot_lanes: 8,
+            softmax_lanes: 8,
+        }
+    }
+}
+
+/// Dot product with `L` lane accumulators (lane `i` sums elements `i`,
+/// `i + L`, ...), folded by halves at the end, as tinyBLAS computes it.
+pub fn dot_lanes<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; L];
+    let n = a.len().min(b.len());
+    let full = n / L * L;
+    for (ca, cb) in a[..full].chunks_exact(L).zip(b[..full].chunks_exact(L)) {
+        for i in 0..L {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    for i in full..n {
+        acc[i - full] += a[i] * b[i];
+    }
+    fold(&mut acc)
+}
+
+/// [`dot_lanes`] with the lane count chosen at run time: what ggml's
+/// tinyBLAS computes for an F16 x F16 matmul of two or more columns.
+pub fn dot_ggml(lanes: usize, a: &[f32], b: &[f32]) -> f32 {
+    if lanes == 16 {
+        dot_lanes::<16>(a, b)
+    } else {
+        dot_lanes::<8>(a, b)
+    }
+}
+
+/// ggml's `ggml_vec_dot_f16` on x86 (what a one-column F16 matmul runs,
+/// since llamafile's sgemm leaves `n < 2` to ggml): four accumulators of
+/// `lanes` lanes over steps of `4 * lanes` elements, reduced pairwise
+/// (`x0 + x2`, `x1 + x3`, then the two), the vector folded
+/// (`_mm512_reduce_add_ps`) or, for 8 lanes, summed as AVX2's two `hadd`s
+/// do; the tail past the last full step added in f64.
+pub fn dot_ggml_vec(lanes: usize, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let step = 4 * lanes;
+    let np = n / step * step;
+    let mut sum = [[0f32; 16]; 4];
+    for i in (0..np).step_by(step) {
+        for (j, acc) in sum.iter_mut().enumerate() {
+            let (ca, cb) = (&a[i + j * lanes..][..lanes], &b[i + j * lanes..][..lanes]);
+            for l in 0..lanes {
+                acc[l] += ca[l] * cb[l];
+            }
+        }
+    }
+    for l in 0..lanes {
+        sum[0][l] += sum[2][l];
+        sum[1][l] += sum[3][l];
+    }
+    for l in 0..lanes {
+        sum[0][l] += sum[1][l];
+    }
+    let x = &mut sum[0];
+    let mut sumf = if lanes == 16 {
+        fold(&mut x[..16]) as f64
+    } else {
+        let t: [f32; 4] = std::array::from_fn(|i| x[i] + x[i + 4]);
+        ((t[0] + t[1]) + (t[2] + t[3])) as f64
+    };
+    for i in np..n {
+        sumf += (a[i] * b[i]) as f64;
+    }
+    sumf as f32
+}
+
+/// Horizontal sum by halves: `v[i] += v[i + n/2]` until one is left.
+fn fold(v: &mut [f32]) -> f32 {
+    let mut n = v.len();
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] += v[i + n];
+        }
+    }
+    v[0]
+}
+
+/// `fma(a, b, c)` in f32 through f64 (the product is exact in f64; the
+/// sum rounds twice, which differs from one rounding only at exact f32
+/// midpoints).
+#[inline(always)]
+fn fma32(a: f32, b: f32, c: f32) -> f32 {
+    (a as f64 * b as f64 + c as f64) as f32
+}
+
+const EXP_R: f32 = 12582912.0; // 0x1.8p23
+const EXP_LOG2E: f32 = f32::from_bits(0x3fb8aa3b); // 0x1.715476p+0
+const EXP_LN2_HI: f32 = f32::from_bits(0x3f317200); // 0x1.62e4p-1
+const EXP_LN2_LO: f32 = f32::from_bits(0x35bfbe8e); // 0x1.7f7d1cp-20
+const EXP_P0: f32 = f32::from_bits(0x3c072010); // 0x1.0e4020p-7
+const EXP_P1: f32 = f32::from_bits(0x3d2b9f17); // 0x1.573e2ep-5
+const EXP_P2: f32 = f32::from_bits(0x3e2aaf33); // 0x1.555e66p-3
+const EXP_P3: f32 = f32::from_bits(0x3efffedb); // 0x1.fffdb6p-2
+const EXP_P4: f32 = f32::from_bits(0x3f7ffff6); // 0x1.ffffecp-1
+
+/// One lane of ggml's AVX-512 `ggml_v_expf`.
+pub fn expf_ggml_avx512(x: f32) -> f32 {
+    let z = fma32(x, EXP_LOG2E, EXP_R);
+    let n = z - EXP_R;
+    let b = fma32(-n, EXP_LN2_LO, fma32(-n, EXP_LN2_HI, x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = fma32(
+        fma32(fma32(EXP_P0, b, EXP_P1), u, fma32(EXP_P2, b, EXP_P3)),
+        u,
+        fma32(EXP_P4, b, 1.0),
+    );
+    // _mm512_scalef_ps(j, n): j * 2^n, rounded once.
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// One lane of ggml's AVX2 `ggml_v_expf`.
+pub fn expf_ggml_avx2(x: f32) -> f32 {
+    let z = fma32(x, EXP_LOG2E, EXP_R);
+    let n = z - EXP_R;
+    let b = fma32(-n, EXP_LN2_LO, fma32(-n, EXP_LN2_HI, x));
+    let e = z.to_bits().wrapping_shl(23);
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let u = b * b;
+    let j = fma32(
+        fma32(fma32(EXP_P0, b, EXP_P1), u, fma32(EXP_P2, b, EXP_P3)),
+        u,
+        EXP_P4 * b,
+    );
+    if !(n.abs() > 126.0) {
+        return fma32(j, k, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        fma32(s2, j, s2) * s1
+    }
+}
+
+/// Softmax of the first `n` of `x` as ggml's `soft_max` computes a masked
+/// row: exponentials `lanes` at a time (positions past `n` are masked and
+/// contribute exact zeros), each vector's folded sum added into an f64,
+/// then every value multiplied by `(float)(1.0 / sum)`.
+pub fn softmax_ggml(lanes: usize, x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp = if lanes == 16 {
+        expf_ggml_avx512
+    } else {
+        expf_ggml_avx2
+    };
+    let mut sum = 0f64;
+    let mut v = [0f32; 16];
+    for chunk in x.chunks_mut(lanes) {
+        v[..lanes].fill(0.0);
+        for (i, e) in chunk.iter_mut().enumerate() {
+            *e = exp(*e - max);
+            v[i] = *e;
+        }
+        sum += fold(&mut v[..lanes]) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for e in x.iter_mut() {
+        *e *= inv;
     }
 }
 
@@ -235,6 +467,35 @@ mod tests {
         assert!((g - 0.8413).abs() < 2e-3, "{g}");
         // The result is an f16 value.
         assert_eq!(f16::from_f32(g).to_f32(), g);
+    }
+
+    #[test]
+    fn ggml_expf_lanes_track_libm_and_handle_the_extremes() {
+        for exp in [expf_ggml_avx512, expf_ggml_avx2] {
+            for i in -2000..200 {
+                let x = i as f32 * 0.05;
+                let (a, b) = (exp(x), x.exp());
+                // ggml: at most 1.45 ulp, plus 0.5 ulp of rounding.
+                assert!((a - b).abs() <= 4e-7 * b + 1e-44, "{x}: {a} vs {b}");
+            }
+            assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+            assert_eq!(exp(-200.0), 0.0);
+            assert_eq!(exp(0.0), 1.0);
+        }
+    }
+
+    #[test]
+    fn lane_dots_and_ggml_softmax() {
+        let a: Vec<f32> = (0..70).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..70).map(|i| (i as f32 * 0.11).cos()).collect();
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        for l in [8, 16] {
+            assert!((dot_ggml(l, &a, &b) as f64 - exact).abs() < 1e-5);
+            assert!((dot_ggml_vec(l, &a, &b) as f64 - exact).abs() < 1e-5);
+            let mut x = a.clone();
+            softmax_ggml(l, &mut x);
+            assert!((x.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
+        }
     }
 
     #[test]

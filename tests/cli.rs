@@ -447,6 +447,28 @@ fn wait_for_header(
     }
 }
 
+/// A traced SmolLM2 run that would go on for a long time, once its header
+/// says `steps` steps are complete; the scratch dir is also the trace root.
+fn long_run_past_step(tag: &str, steps: u32) -> (tempfile::TempDir, PathBuf, Child) {
+    let m = model("smollm2");
+    let d = scratch(tag);
+    let dir = d.path().join("t");
+    let mut child = spawn_traced(
+        &m,
+        &dir,
+        d.path(),
+        &["-n", "100000", "--ignore-eos", "--ctx", "4096"],
+    );
+    wait_for_header(
+        &mut child,
+        &dir.join("trace.bin"),
+        120,
+        &format!("{steps} completed steps"),
+        |h| h.steps_done >= steps,
+    );
+    (d, dir, child)
+}
+
 /// SIGKILL the child and wait for it.
 fn sigkill(child: &mut Child) {
     unsafe_kill(child.0.id());
@@ -514,22 +536,7 @@ fn check_killed_trace(dir: &Path) -> (TraceHeader, String) {
 /// generated tokens, as the header says): every completed step validates.
 #[test]
 fn trace_survives_sigkill_mid_decode() {
-    let m = model("smollm2");
-    let d = scratch("kill");
-    let dir = d.path().join("t");
-    let mut child = spawn_traced(
-        &m,
-        &dir,
-        d.path(),
-        &["-n", "100000", "--ignore-eos", "--ctx", "4096"],
-    );
-    wait_for_header(
-        &mut child,
-        &dir.join("trace.bin"),
-        120,
-        "three completed steps",
-        |h| h.steps_done >= 3,
-    );
+    let (_d, dir, mut child) = long_run_past_step("kill", 3);
     sigkill(&mut child);
     let (h, text) = check_killed_trace(&dir);
     assert!(h.steps_done >= 3, "{text}");
@@ -1037,23 +1044,8 @@ fn check_finished_bundle(root: &Path, dir: &Path) -> serde_json::Value {
 /// with a finished bundle and the shell's exit code (128 + signal).
 #[test]
 fn sigint_and_sigterm_finish_the_bundle() {
-    let m = model("smollm2");
     for (sig, code, name) in [("-INT", 130, "SIGINT"), ("-TERM", 143, "SIGTERM")] {
-        let d = scratch("sig");
-        let dir = d.path().join("t");
-        let mut child = spawn_traced(
-            &m,
-            &dir,
-            d.path(),
-            &["-n", "100000", "--ignore-eos", "--ctx", "4096"],
-        );
-        wait_for_header(
-            &mut child,
-            &dir.join("trace.bin"),
-            120,
-            "three completed steps",
-            |h| h.steps_done >= 3,
-        );
+        let (d, dir, mut child) = long_run_past_step("sig", 3);
         send(&child, sig);
         let st = child.0.wait().unwrap();
         assert_eq!(st.code(), Some(code), "{name}: {st}");

@@ -158,11 +158,17 @@ impl Engine {
             return Err(CkError::NoTokens);
         }
         let ctx = self.plan.options.ctx;
-        if pos > self.n_past || pos + tokens.len() > ctx {
+        if pos > self.n_past {
+            return Err(CkError::CacheGap {
+                pos,
+                n_past: self.n_past,
+            });
+        }
+        if pos + tokens.len() > ctx {
             return Err(CkError::ContextFull {
                 pos,
                 n: tokens.len(),
-                ctx: if pos > self.n_past { self.n_past } else { ctx },
+                ctx,
             });
         }
         if let Some((index, &id)) = tokens

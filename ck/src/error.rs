@@ -100,6 +100,9 @@ pub enum CkError {
     #[error("context full: {n} tokens at position {pos} do not fit in a context of {ctx}")]
     ContextFull { pos: usize, n: usize, ctx: usize },
 
+    #[error("position {pos} is past the {n_past} positions the KV cache holds")]
+    CacheGap { pos: usize, n_past: usize },
+
     #[error("no tokens given")]
     NoTokens,
 

@@ -16,7 +16,7 @@ use cktrace_ck::layout::{KvType, LayoutOptions, WeightPlacement};
 use cktrace_ck::quant::KernelLevel;
 use cktrace_ck::{Engine, EngineOptions};
 
-use crate::generate::{flush_utf8, GenOutput};
+use crate::generate::{flush_utf8, EndReason, GenOutput};
 use crate::llama::{Model, Sampler};
 
 /// Which engine runs the model.
@@ -157,12 +157,19 @@ pub fn run(path: &Path, e: &EngineArgs, p: &RunParams, out: &mut dyn Write) -> R
     let mut emit = |s: &str| {
         if io_err.is_none() {
             if let Err(err) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+                // As in the ggml loop: a closed stdout ends the run at the
+                // next step.
+                crate::stop::request_pipe_stop();
                 io_err = Some(err);
             }
         }
     };
     let mut pos = prompt_tokens.len();
     for step in 1..=p.n_predict as u64 {
+        if let Some(r) = crate::stop::requested() {
+            g.end = EndReason::Stopped(r);
+            break;
+        }
         let tok = sampler.sample_logits(engine.logits());
         if vocab.is_eog(tok) && !p.ignore_eos {
             break;
@@ -171,6 +178,17 @@ pub fn run(path: &Path, e: &EngineArgs, p: &RunParams, out: &mut dyn Write) -> R
         pending.extend(vocab.token_bytes(tok));
         flush_utf8(&mut pending, &mut g.text, &mut emit);
         if step as usize == p.n_predict {
+            break;
+        }
+        if pos >= p.ctx {
+            g.end = EndReason::ContextFull {
+                n_ctx: p.ctx as u32,
+                needed: prompt_tokens.len() + p.n_predict,
+            };
+            break;
+        }
+        if let Some(r) = crate::stop::requested() {
+            g.end = EndReason::Stopped(r);
             break;
         }
         let t = Instant::now();
@@ -188,10 +206,12 @@ pub fn run(path: &Path, e: &EngineArgs, p: &RunParams, out: &mut dyn Write) -> R
         emit(&s);
         g.text.push_str(&s);
     }
-    if let Some(err) = io_err {
-        return Err(err).context("writing generated text");
+    match io_err {
+        Some(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("writing generated text")
+        }
+        _ => Ok(g),
     }
-    Ok(g)
 }
 
 /// `cktrace layout`.
@@ -237,11 +257,21 @@ pub fn layout(a: &LayoutArgs, path: &Path, stdout: &mut dyn Write) -> Result<()>
 }
 
 /// [`run`] on standard output, followed by a newline and the timing line.
-pub fn run_stdout(path: &Path, e: &EngineArgs, p: &RunParams) -> Result<()> {
+/// Returns how the run ended (a signal, a closed stdout and a full context
+/// end it early, as for the ggml engine; see `cktrace::stop`).
+pub fn run_stdout(path: &Path, e: &EngineArgs, p: &RunParams) -> Result<EndReason> {
     let stdout = std::io::stdout();
     let g = run(path, e, p, &mut stdout.lock())?;
-    let mut lock = stdout.lock();
-    writeln!(lock)?;
-    writeln!(lock, "{}", g.timing_line())?;
-    Ok(())
+    if g.end != EndReason::Stopped(crate::stop::StopReason::BrokenPipe) {
+        let mut lock = stdout.lock();
+        let shown = writeln!(lock)
+            .and_then(|_| writeln!(lock, "{}", g.timing_line()))
+            .and_then(|_| lock.flush());
+        if let Err(err) = shown {
+            if err.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(err).context("writing the timing line");
+            }
+        }
+    }
+    Ok(g.end)
 }

@@ -359,8 +359,8 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
             ignore_eos: a.ignore_eos,
             raw: a.raw,
         };
-        cktrace::ck_cli::run_stdout(&path, &a.engine, &p)?;
-        return Ok(ExitCode::SUCCESS);
+        let end = cktrace::ck_cli::run_stdout(&path, &a.engine, &p)?;
+        return Ok(report_end(end, a.ctx, a.n_predict).1);
     }
     a.engine.check_ggml()?;
     let model = a.load.load(&path)?;
@@ -456,26 +456,7 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
             }
         }
     }
-    let (end, code) = match out.end {
-        EndReason::Done => ("done".to_string(), ExitCode::SUCCESS),
-        EndReason::Stopped(r) => {
-            if r != cktrace::stop::StopReason::BrokenPipe {
-                eprintln!(
-                    "cktrace: stopped by {} after {} steps",
-                    r.name(),
-                    out.step_tokens.len()
-                );
-            }
-            (r.name(), ExitCode::from(r.exit_code()))
-        }
-        EndReason::ContextFull { n_ctx, needed } => {
-            eprintln!(
-                "cktrace: context full: it holds {n_ctx} tokens (--ctx {}); --ctx {needed} would fit the prompt and {} generated tokens",
-                a.ctx, a.n_predict
-            );
-            ("context full".to_string(), ExitCode::SUCCESS)
-        }
-    };
+    let (end, code) = report_end(out.end, a.ctx, a.n_predict);
     let untraced = window.map(|w| w.untraced).unwrap_or(0);
     if let Some(mut s) = session {
         let n_steps = out.step_tokens.len() as u32;
@@ -514,6 +495,26 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
     match io_err {
         Some(e) if !pipe_closed => Err(e).context("writing generated text"),
         _ => Ok(code),
+    }
+}
+
+/// Say on stderr how a run ended early (a stop request, a full context);
+/// the end's name for meta.json and the exit code.
+fn report_end(end: EndReason, ctx: u32, n_predict: usize) -> (String, ExitCode) {
+    match end {
+        EndReason::Done => ("done".to_string(), ExitCode::SUCCESS),
+        EndReason::Stopped(r) => {
+            if r != cktrace::stop::StopReason::BrokenPipe {
+                eprintln!("cktrace: stopped by {} at a step boundary", r.name());
+            }
+            (r.name(), ExitCode::from(r.exit_code()))
+        }
+        EndReason::ContextFull { n_ctx, needed } => {
+            eprintln!(
+                "cktrace: context full: it holds {n_ctx} tokens (--ctx {ctx}); --ctx {needed} would fit the prompt and {n_predict} generated tokens"
+            );
+            ("context full".to_string(), ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -70,7 +70,7 @@ pub fn install_handlers() {
         // the flags, then install it for one signal.
         unsafe {
             let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_signal as usize;
+            act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
             libc::sigemptyset(&mut act.sa_mask);
             act.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
             libc::sigaction(sig, &act, std::ptr::null_mut());

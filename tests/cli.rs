@@ -1216,3 +1216,63 @@ fn a_rerun_removes_the_old_bundle_at_once() {
     assert!(!dir.join("layout.json").exists());
     sigkill(&mut child);
 }
+
+/// The ck engine stops the same way: SIGTERM at a step boundary (exit
+/// 143), a full context with the notice (exit 0).
+#[test]
+fn the_ck_engine_stops_cleanly_too() {
+    let m = model("smollm2");
+    let o = run(&[
+        "run",
+        m.to_str().unwrap(),
+        "--engine",
+        "ck",
+        "-p",
+        "Hello",
+        "-n",
+        "1000",
+        "--ignore-eos",
+        "--ctx",
+        "48",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("context full") && e.contains("(--ctx 48)"),
+        "{e}"
+    );
+    generated(&o);
+    let mut child = Child(
+        bin()
+            .arg("run")
+            .arg(&m)
+            .args([
+                "--engine",
+                "ck",
+                "-p",
+                "Hello",
+                "-n",
+                "100000",
+                "--ignore-eos",
+                "--ctx",
+                "4096",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Once it prints, it is generating.
+    use std::io::Read;
+    let mut one = [0u8; 1];
+    child
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut one)
+        .unwrap();
+    send(&child, "-TERM");
+    let st = child.0.wait().unwrap();
+    assert_eq!(st.code(), Some(143), "{st}");
+}

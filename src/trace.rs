@@ -6,7 +6,8 @@
 //! The hook is a plain `extern "C"` function installed with
 //! `ggml_cpu_set_trace_hook`; ggml calls it on the worker thread that did the
 //! work with a batch of that thread's events (one per chunk / tile range /
-//! row), after every graph node and whenever 64 have piled up. Each event
+//! row) whenever 64 have piled up and when it has finished its part of a
+//! graph. Each event
 //! becomes one [`TraceRecord`] in the tracer's thread-local buffer: what all
 //! records of a node share (registry ids, layer, name) comes from a
 //! per-thread memo of the node, made once by resolving the tensor that was

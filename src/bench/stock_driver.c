@@ -29,6 +29,12 @@ static void quiet(enum ggml_log_level level, const char * text, void * user) {
     }
 }
 
+static bool no_progress(float progress, void * user) {
+    (void) progress;
+    (void) user;
+    return true;
+}
+
 int main(int argc, char ** argv) {
     if (argc != 7) {
         fprintf(stderr, "usage: %s MODEL THREADS N_DECODE N_CTX auto|on|off PROMPT\n", argv[0]);
@@ -45,6 +51,7 @@ int main(int argc, char ** argv) {
     ggml_backend_load_all();
 
     struct llama_model_params mp = llama_model_default_params();
+    mp.progress_callback = no_progress;
     struct llama_model * model = llama_model_load_from_file(path, mp);
     if (model == NULL) {
         fprintf(stderr, "stock_driver: cannot load %s\n", path);

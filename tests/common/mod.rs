@@ -7,9 +7,25 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+/// The `cktrace` binary, started as a shell starts a foreground command:
+/// SIGINT and SIGTERM at their default disposition. A test process started
+/// from a background job of a non-interactive shell (`cmd &`, nohup)
+/// inherits SIGINT ignored, and cktrace keeps a signal ignored that was
+/// ignored when it started (as nohup'd programs expect), so without this the
+/// signal tests would test the environment instead of cktrace.
 pub fn bin() -> Command {
+    use std::os::unix::process::CommandExt;
     let mut c = Command::new(env!("CARGO_BIN_EXE_cktrace"));
     c.env_remove("CKTRACE_LOG");
+    // SAFETY: runs in the forked child before exec; signal() is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     c
 }
 

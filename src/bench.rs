@@ -13,6 +13,9 @@
 //! - `stock`: untraced `cktrace run` against stock llama.cpp (the pin built
 //!   unpatched with llama.cpp's CMake defaults, a plain C-API loop), as
 //!   alternating processes (see [`stock`]).
+//! - `engines`: the ck engine against the ggml engine, prefill and decode,
+//!   with each one's fraction of the measured memory roofline (see
+//!   [`engines`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +28,7 @@ use crate::ffi;
 use crate::generate::{generate, GenParams, NoHook};
 use crate::llama::{Context, ContextParams, FlashAttn, Model, ModelParams};
 
+mod engines;
 mod stock;
 
 #[derive(Subcommand, Clone, Debug)]
@@ -36,6 +40,17 @@ pub enum BenchCmd {
     /// Untraced `cktrace run` vs stock llama.cpp (unpatched pin, llama.cpp's
     /// CMake defaults, plain C-API loop; built once into ~/.cache/cktrace/stock).
     Stock(BenchArgs),
+    /// The ck engine vs the ggml engine: prefill and decode tok/s, ratios,
+    /// and each engine's fraction of the memory roofline (read bandwidth
+    /// measured in the same run).
+    Engines {
+        #[command(flatten)]
+        args: BenchArgs,
+        /// Prompt length of the prefill (the prompt text's tokens, repeated
+        /// or cut to this many).
+        #[arg(long, default_value_t = 64, value_parser = crate::check::flags::tokens, allow_negative_numbers = true)]
+        prompt_tokens: u32,
+    },
     /// Hook compiled in but not installed vs a build without the patches.
     Hook {
         #[command(flatten)]
@@ -189,13 +204,17 @@ pub fn run(mut cmd: BenchCmd) -> Result<()> {
         BenchCmd::Decode(a) | BenchCmd::Trace(a) | BenchCmd::Plain(a) | BenchCmd::Stock(a) => {
             resolve(a)?
         }
-        BenchCmd::Hook { args, .. } => resolve(args)?,
+        BenchCmd::Hook { args, .. } | BenchCmd::Engines { args, .. } => resolve(args)?,
         BenchCmd::Parse { .. } | BenchCmd::Analyze { .. } => {}
     }
     match cmd {
         BenchCmd::Decode(a) => bench_decode(&a),
         BenchCmd::Trace(a) => bench_trace(&a),
         BenchCmd::Stock(a) => stock::bench_stock(&a),
+        BenchCmd::Engines {
+            args,
+            prompt_tokens,
+        } => engines::bench_engines(&args, prompt_tokens as usize),
         BenchCmd::Hook { args, baseline } => bench_hook(&args, &baseline),
         BenchCmd::Parse { dir, mib, runs } => {
             let r = cktrace_parser::bench::bench_parse(
@@ -227,6 +246,21 @@ pub fn run(mut cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The prompt text's tokens (with BOS), repeated or cut to exactly `n`.
+fn resolve_prompt_tokens(model: &Model, text: &str, n: usize) -> Result<Vec<i32>> {
+    let t = model.tokenize(text, true)?;
+    if t.is_empty() {
+        bail!("bench: the prompt {text:?} has no tokens");
+    }
+    let body = if t.len() > 1 { &t[1..] } else { &t[..] };
+    let mut out = vec![t[0]];
+    while out.len() < n {
+        out.push(body[(out.len() - 1) % body.len()]);
+    }
+    out.truncate(n);
+    Ok(out)
 }
 
 fn resolve(a: &mut BenchArgs) -> Result<()> {

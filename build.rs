@@ -13,6 +13,8 @@
 //! - `CKTRACE_NO_PATCHES=1`: build llama.cpp unpatched (no trace hooks); used
 //!   only to measure what the compiled-in hook costs.
 //! - `CKTRACE_CMAKE_JOBS`: parallel compile jobs (default: all cores).
+//! - `CKTRACE_OPENMP=1|0`: ggml's threads from OpenMP (llama.cpp's default)
+//!   or from ggml's own pool (default: see `OPENMP_DEFAULT`).
 
 use std::collections::BTreeSet;
 use std::env;
@@ -20,6 +22,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Whether ggml's threads come from OpenMP unless `CKTRACE_OPENMP` says.
+const OPENMP_DEFAULT: bool = false;
 
 /// The parts of a llama.cpp tree that the library build needs.
 const TREE_PARTS: &[&str] = &[
@@ -47,6 +52,7 @@ fn run() -> Result<(), String> {
         "CKTRACE_PORTABLE",
         "CKTRACE_NO_PATCHES",
         "CKTRACE_CMAKE_JOBS",
+        "CKTRACE_OPENMP",
         "LIBCLANG_PATH",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -136,6 +142,9 @@ fn run() -> Result<(), String> {
     let portable = env::var("CKTRACE_PORTABLE")
         .map(|v| v == "1")
         .unwrap_or(false);
+    let openmp = env::var("CKTRACE_OPENMP")
+        .map(|v| v == "1")
+        .unwrap_or(OPENMP_DEFAULT);
     let mut cfg = cmake::Config::new(&tree);
     cfg.profile("Release")
         .define("BUILD_SHARED_LIBS", "OFF")
@@ -148,7 +157,7 @@ fn run() -> Result<(), String> {
         .define("LLAMA_CURL", "OFF")
         .define("LLAMA_OPENSSL", "OFF")
         .define("LLAMA_ALL_WARNINGS", "OFF")
-        .define("GGML_OPENMP", "OFF")
+        .define("GGML_OPENMP", if openmp { "ON" } else { "OFF" })
         .define("GGML_BLAS", "OFF")
         .define("GGML_CPU_REPACK", "ON")
         .define("GGML_LLAMAFILE", "ON")
@@ -169,6 +178,9 @@ fn run() -> Result<(), String> {
         println!("cargo:rustc-link-lib=static={l}");
     }
     println!("cargo:rustc-link-lib=dylib=stdc++");
+    if openmp {
+        println!("cargo:rustc-link-lib=dylib=gomp");
+    }
     println!("cargo:rustc-link-lib=dylib=m");
     println!("cargo:rustc-link-lib=dylib=pthread");
 
@@ -204,6 +216,8 @@ fn run() -> Result<(), String> {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     println!("cargo:rustc-env=CKTRACE_LLAMA_SOURCE={source_desc}");
+    // The unpatched tree, for `cktrace bench stock`'s own build of it.
+    println!("cargo:rustc-env=CKTRACE_LLAMA_SRC_DIR={}", src.display());
     println!(
         "cargo:rustc-env=CKTRACE_LLAMA_PATCHES={}",
         if no_patches {

@@ -10,6 +10,12 @@
 //! - `hook`: this build (hook compiled in, not installed) against a build of
 //!   the same llama.cpp without the patch series (`CKTRACE_NO_PATCHES=1`),
 //!   run as two processes alternately.
+//! - `stock`: untraced `cktrace run` against stock llama.cpp (the pin built
+//!   unpatched with llama.cpp's CMake defaults, a plain C-API loop), as
+//!   alternating processes (see [`stock`]).
+//! - `engines`: the ck engine against the ggml engine, prefill and decode,
+//!   with each one's fraction of the measured memory roofline (see
+//!   [`engines`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +26,10 @@ use clap::{Args, Subcommand};
 
 use crate::ffi;
 use crate::generate::{generate, GenParams, NoHook};
-use crate::llama::{Context, ContextParams, Model, ModelParams};
+use crate::llama::{Context, ContextParams, FlashAttn, Model, ModelParams};
+
+mod engines;
+mod stock;
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum BenchCmd {
@@ -28,6 +37,20 @@ pub enum BenchCmd {
     Decode(BenchArgs),
     /// Tracing on vs off (decode tok/s, cost per record).
     Trace(BenchArgs),
+    /// Untraced `cktrace run` vs stock llama.cpp (unpatched pin, llama.cpp's
+    /// CMake defaults, plain C-API loop; built once into ~/.cache/cktrace/stock).
+    Stock(BenchArgs),
+    /// The ck engine vs the ggml engine: prefill and decode tok/s, ratios,
+    /// and each engine's fraction of the memory roofline (read bandwidth
+    /// measured in the same run).
+    Engines {
+        #[command(flatten)]
+        args: BenchArgs,
+        /// Prompt length of the prefill (the prompt text's tokens, repeated
+        /// or cut to this many).
+        #[arg(long, default_value_t = 64, value_parser = crate::check::flags::tokens, allow_negative_numbers = true)]
+        prompt_tokens: u32,
+    },
     /// Hook compiled in but not installed vs a build without the patches.
     Hook {
         #[command(flatten)]
@@ -82,6 +105,9 @@ pub struct BenchArgs {
     /// Hide the AMX buffer type (weights take CPU_REPACK).
     #[arg(long)]
     pub no_amx: bool,
+    /// Flash attention: auto (llama.cpp's default, on for CPU), on or off.
+    #[arg(long, value_enum, default_value_t = FlashAttn::Auto)]
+    pub flash_attn: FlashAttn,
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -168,19 +194,27 @@ fn cparams(a: &BenchArgs) -> ContextParams {
         n_ctx: (a.n as u32 + 64).max(256),
         n_batch: 256,
         threads: a.threads,
+        flash_attn: a.flash_attn,
     }
 }
 
 pub fn run(mut cmd: BenchCmd) -> Result<()> {
     // Catalogue names resolve (and fetch) as for every other command.
     match &mut cmd {
-        BenchCmd::Decode(a) | BenchCmd::Trace(a) | BenchCmd::Plain(a) => resolve(a)?,
-        BenchCmd::Hook { args, .. } => resolve(args)?,
+        BenchCmd::Decode(a) | BenchCmd::Trace(a) | BenchCmd::Plain(a) | BenchCmd::Stock(a) => {
+            resolve(a)?
+        }
+        BenchCmd::Hook { args, .. } | BenchCmd::Engines { args, .. } => resolve(args)?,
         BenchCmd::Parse { .. } | BenchCmd::Analyze { .. } => {}
     }
     match cmd {
         BenchCmd::Decode(a) => bench_decode(&a),
         BenchCmd::Trace(a) => bench_trace(&a),
+        BenchCmd::Stock(a) => stock::bench_stock(&a),
+        BenchCmd::Engines {
+            args,
+            prompt_tokens,
+        } => engines::bench_engines(&args, prompt_tokens as usize),
         BenchCmd::Hook { args, baseline } => bench_hook(&args, &baseline),
         BenchCmd::Parse { dir, mib, runs } => {
             let r = cktrace_parser::bench::bench_parse(
@@ -212,6 +246,21 @@ pub fn run(mut cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The prompt text's tokens (with BOS), repeated or cut to exactly `n`.
+fn resolve_prompt_tokens(model: &Model, text: &str, n: usize) -> Result<Vec<i32>> {
+    let t = model.tokenize(text, true)?;
+    if t.is_empty() {
+        bail!("bench: the prompt {text:?} has no tokens");
+    }
+    let body = if t.len() > 1 { &t[1..] } else { &t[..] };
+    let mut out = vec![t[0]];
+    while out.len() < n {
+        out.push(body[(out.len() - 1) % body.len()]);
+    }
+    out.truncate(n);
+    Ok(out)
 }
 
 fn resolve(a: &mut BenchArgs) -> Result<()> {
@@ -302,6 +351,30 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     let (mut off, mut on, mut per_rec, mut flush_s) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut recs_per_step = 0.0;
+    // CKTRACE_TRACE_CUT (a diagnostic, see trace.rs) leaves the file empty:
+    // count the records of one uncut traced run first.
+    let cut = std::env::var("CKTRACE_TRACE_CUT").ok();
+    let mut calibrated = None;
+    if let Some(c) = &cut {
+        std::env::remove_var("CKTRACE_TRACE_CUT");
+        let dir = tmp.join("calibrate");
+        let mut session = crate::trace::TraceSession::start(
+            &dir,
+            &s.model,
+            a.threads as u32,
+            crate::DEFAULT_TRACE_CAPACITY,
+            false,
+        )?;
+        let t = generate(&mut ctx, &params, &mut session, |_| {})?;
+        ctx.clear();
+        session.finish(Default::default())?;
+        let trace = cktrace_parser::Trace::open(&dir)?;
+        let n = trace.records().filter(|r| r.step > 0).count() as f64;
+        calibrated = Some(n / t.n_decode as f64);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::env::set_var("CKTRACE_TRACE_CUT", c);
+        println!("CKTRACE_TRACE_CUT={c}: tracing cut off at that stage in the 'on' runs");
+    }
     for i in 0..a.reps {
         let t_off = generate(&mut ctx, &params, &mut NoHook, |_| {})?;
         ctx.clear();
@@ -326,7 +399,10 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         }
         // Records of the decode steps only (the timed part).
         let trace = cktrace_parser::Trace::open(&dir)?;
-        let n_dec = trace.records().filter(|r| r.step > 0).count() as f64;
+        let n_dec = match calibrated {
+            Some(per_step) => per_step * t_on.n_decode as f64,
+            None => trace.records().filter(|r| r.step > 0).count() as f64,
+        };
         recs_per_step = n_dec / t_on.n_decode as f64;
         off.push(t_off.decode_tps());
         on.push(t_on.decode_tps());
@@ -342,8 +418,9 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         median(&flush_s)
     );
     println!(
-        "cost per record (median of (t_on - t_off) / records): {:.0} ns",
-        median(&per_rec)
+        "cost per record (median of (t_on - t_off) / records): {:.0} ns; one CLOCK_MONOTONIC read here: {:.1} ns",
+        median(&per_rec),
+        clock_read_ns()
     );
     println!(
         "ratio on/off: {:.3} of the medians, {:.3} median of paired runs",
@@ -351,6 +428,24 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         paired_ratio(&on, &off)
     );
     Ok(())
+}
+
+/// What one CLOCK_MONOTONIC read (the trace points' clock) costs on this
+/// machine: the median of 5 runs of a million back-to-back reads.
+fn clock_read_ns() -> f64 {
+    let runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let n = 1_000_000u64;
+            let t = Instant::now();
+            let mut acc = 0u64;
+            for _ in 0..n {
+                acc = acc.wrapping_add(cktrace_tracer::sink::monotonic_ns());
+            }
+            std::hint::black_box(acc);
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+        .collect();
+    median(&runs)
 }
 
 fn bench_hook(a: &BenchArgs, baseline: &Path) -> Result<()> {

@@ -8,7 +8,11 @@
 //! every enumerated node has records, that each weight matmul's records tile
 //! its output (rows x columns) exactly once with no gap and no overlap (per
 //! expert for MUL_MAT_ID), and that GET_ROWS on the embedding read exactly the
-//! step's token ids. It also tabulates which kernel path each weight took —
+//! step's token ids. FLASH_ATTN_EXT nodes (flash attention on) are checked
+//! too: for K and for V, every query row has records, the KV cells read by
+//! the records of one query row never overlap, and every cell is inside the
+//! cache view (the cells a row reads depend on its mask, so they need not
+//! tile the view). It also tabulates which kernel path each weight took —
 //! the data that explains the seed's "missing Q4_K tensors".
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use cktrace_tracer::format::flags;
+use cktrace_tracer::format::{flags, NO_ID};
 use cktrace_tracer::{KernelPath, Meta, Op, Registry, TensorKind, TraceRecord};
 
 use cktrace_parser::tiling::{self, Rect};
@@ -34,7 +38,9 @@ pub struct NodeSeen {
     pub name: String,
     /// Name of the base tensor of src[0] (views resolved).
     pub src0: String,
-    /// Output rows (dst ne0) and columns (ne1*ne2*ne3).
+    /// Output rows (dst ne0) and columns (ne1*ne2*ne3). FLASH_ATTN_EXT: the
+    /// KV cells of the K view (ne1) and the query rows (ne1*ne2*ne3 of Q);
+    /// `src0` is then the K cache.
     pub rows: u64,
     pub cols: u64,
     /// GET_ROWS: the row ids looked up. MUL_MAT_ID: rows routed per expert.
@@ -70,6 +76,7 @@ pub fn enumerate(
             ffi::GGML_OP_MUL_MAT => Op::MulMat,
             ffi::GGML_OP_MUL_MAT_ID => Op::MulMatId,
             ffi::GGML_OP_GET_ROWS => Op::GetRows,
+            ffi::GGML_OP_FLASH_ATTN_EXT => Op::FlashAttnExt,
             _ => return !ask,
         };
         if ask {
@@ -122,13 +129,28 @@ pub fn enumerate(
             },
             _ => {}
         }
+        let (src0, rows, cols) = if op == Op::FlashAttnExt {
+            // SAFETY: src[1] of FLASH_ATTN_EXT is the live K view.
+            let k = unsafe { &*t.src[1] };
+            (
+                base_name(k),
+                k.ne[1] as u64,
+                (src0.ne[1] * src0.ne[2] * src0.ne[3]) as u64,
+            )
+        } else {
+            (
+                base_name(src0),
+                t.ne[0] as u64,
+                (t.ne[1] * t.ne[2] * t.ne[3]) as u64,
+            )
+        };
         seen2.lock().unwrap().push(NodeSeen {
             step: *step2.lock().unwrap(),
             op,
             name: crate::llama::tensor_name(t).to_string(),
-            src0: base_name(src0),
-            rows: t.ne[0] as u64,
-            cols: (t.ne[1] * t.ne[2] * t.ne[3]) as u64,
+            src0,
+            rows,
+            cols,
             ids,
         });
         true
@@ -221,8 +243,15 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
     // that does not depend on hash order.
     let mut by_key: BTreeMap<(u32, u8, String), Vec<Vec<&TraceRecord>>> = BTreeMap::new();
     for ((step, _), g) in groups {
+        // A FLASH_ATTN_EXT node reads K and V; it is keyed by K, the tensor
+        // of the records that carry the activation (Q).
+        let first = if g[0].op == Op::FlashAttnExt as u8 {
+            g.iter().find(|r| r.act_id != NO_ID).unwrap_or(&g[0])
+        } else {
+            &g[0]
+        };
         let name = reg
-            .get(g[0].tensor_id)
+            .get(first.tensor_id)
             .map(|t| t.name.clone())
             .unwrap_or_default();
         by_key.entry((step, g[0].op, name)).or_default().push(g);
@@ -329,6 +358,21 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
                         }
                     }
                 }
+                Op::FlashAttnExt => {
+                    for (what, kv) in [("K", true), ("V", false)] {
+                        let rs: Vec<&TraceRecord> = g
+                            .iter()
+                            .copied()
+                            .filter(|r| (r.act_id != NO_ID) == kv)
+                            .collect();
+                        if let Err(d) = check_flash_attn(&rs, n.rows, n.cols) {
+                            rep.failures.push(format!(
+                                "step {} {} ({what} of {}): {d}",
+                                n.step, n.name, n.src0
+                            ));
+                        }
+                    }
+                }
                 Op::Other => {}
             }
         }
@@ -345,6 +389,47 @@ pub fn check(dir: &Path, nodes: &[NodeSeen]) -> Result<CensusReport> {
         }
     }
     Ok(rep)
+}
+
+/// The records of one FLASH_ATTN_EXT node for one of K / V: every query row
+/// in `[0, q_rows)` has at least one record, the cells of the records of a
+/// query row are disjoint, and all lie in `[0, cells)`.
+fn check_flash_attn(rs: &[&TraceRecord], cells: u64, q_rows: u64) -> Result<(), String> {
+    let mut per_row: Vec<Vec<(u32, u32)>> = vec![Vec::new(); q_rows as usize];
+    for r in rs {
+        if r.row0 > r.row1 || r.row1 as u64 > cells {
+            return Err(format!(
+                "cells {}..{} outside the {cells} of the view",
+                r.row0, r.row1
+            ));
+        }
+        if r.col0 >= r.col1 || r.col1 as u64 > q_rows {
+            return Err(format!(
+                "query rows {}..{} outside the {q_rows} of the node",
+                r.col0, r.col1
+            ));
+        }
+        for c in r.col0..r.col1 {
+            per_row[c as usize].push((r.row0, r.row1));
+        }
+    }
+    for (q, cells) in per_row.iter_mut().enumerate() {
+        if cells.is_empty() {
+            return Err(format!("query row {q} has no records"));
+        }
+        cells.retain(|c| c.0 < c.1);
+        cells.sort_unstable();
+        for w in cells.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(format!(
+                    "query row {q} reads cells {}..{} twice",
+                    w[1].0,
+                    w[0].1.min(w[1].1)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn rect(r: &TraceRecord) -> Rect {

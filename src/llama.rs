@@ -401,12 +401,44 @@ impl Drop for Model {
 /// Return `false` from an `ask = false` call to abort the graph.
 pub type EvalCallback = Box<dyn FnMut(&ffi::ggml_tensor, bool) -> bool + Send>;
 
+/// Whether attention runs as one fused FLASH_ATTN_EXT op (`On`) or as
+/// MUL_MAT over the KV cache, softmax, MUL_MAT (`Off`). `Auto` is
+/// llama.cpp's default: on where the backend supports it, which the CPU
+/// backend does. Both are traced: FA_EXT through its own trace points
+/// (kernel paths `flash_attn*`), the matmuls like any other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlashAttn {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        }
+    }
+
+    fn to_ffi(self) -> ffi::llama_flash_attn_type {
+        match self {
+            FlashAttn::Auto => ffi::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttn::On => ffi::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttn::Off => ffi::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }
+    }
+}
+
 /// How to create a context.
 #[derive(Clone, Copy, Debug)]
 pub struct ContextParams {
     pub n_ctx: u32,
     pub n_batch: u32,
     pub threads: i32,
+    pub flash_attn: FlashAttn,
 }
 
 impl Default for ContextParams {
@@ -415,6 +447,7 @@ impl Default for ContextParams {
             n_ctx: 2048,
             n_batch: 512,
             threads: 2,
+            flash_attn: FlashAttn::Auto,
         }
     }
 }
@@ -461,9 +494,7 @@ impl<'m> Context<'m> {
         p.n_threads = params.threads;
         p.n_threads_batch = params.threads;
         p.no_perf = false;
-        // Flash attention off: attention then runs as MUL_MAT over the KV
-        // cache, which the tracer records like any other matmul.
-        p.flash_attn_type = ffi::LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        p.flash_attn_type = params.flash_attn.to_ffi();
         let mut boxed = cb.map(Box::new);
         if let Some(b) = boxed.as_mut() {
             p.cb_eval = Some(eval_trampoline);

@@ -135,6 +135,10 @@ struct LoadArgs {
     /// (the path they take on a machine without AMX).
     #[arg(long)]
     no_amx: bool,
+    /// Fused flash attention (FLASH_ATTN_EXT, traced) or attention as
+    /// matmuls over the KV cache; auto = llama.cpp's default (on, on CPU).
+    #[arg(long, value_enum, default_value_t = llama::FlashAttn::Auto)]
+    flash_attn: llama::FlashAttn,
 }
 
 impl LoadArgs {
@@ -384,6 +388,7 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
             n_ctx: a.ctx,
             n_batch: a.ctx.min(2048),
             threads: a.threads,
+            flash_attn: a.load.flash_attn,
         },
         None,
     )?;
@@ -525,6 +530,7 @@ fn cmd_census(a: CensusArgs) -> Result<ExitCode> {
         n_ctx: 512,
         n_batch: 512,
         threads: a.threads,
+        flash_attn: a.load.flash_attn,
     };
     let params = GenParams {
         prompt: a.prompt.clone(),
@@ -670,6 +676,7 @@ fn run_meta(path: &Path, model: &Model, threads: i32, load: &LoadArgs, prompt: &
         mmap: !load.no_mmap,
         repack: !load.no_repack,
         amx: !load.no_amx,
+        flash_attn: load.flash_attn.as_str().into(),
         llama_cpp: env!("CKTRACE_LLAMA_SOURCE").into(),
         llama_cpp_patches: env!("CKTRACE_LLAMA_PATCHES").into(),
         command_line: std::env::args().collect(),

@@ -6,7 +6,8 @@
 //! The hook is a plain `extern "C"` function installed with
 //! `ggml_cpu_set_trace_hook`; ggml calls it on the worker thread that did the
 //! work with a batch of that thread's events (one per chunk / tile range /
-//! row), after every graph node and whenever 64 have piled up. Each event
+//! row) whenever 64 have piled up and when it has finished its part of a
+//! graph. Each event
 //! becomes one [`TraceRecord`] in the tracer's thread-local buffer: what all
 //! records of a node share (registry ids, layer, name) comes from a
 //! per-thread memo of the node, made once by resolving the tensor that was
@@ -77,8 +78,12 @@ thread_local! {
     static MEMO: RefCell<Option<Box<[Memo]>>> = const { RefCell::new(None) };
 }
 
-fn memo_slot(node: usize) -> usize {
-    (node >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - MEMO_SLOTS.trailing_zeros())
+/// The memo slot of (node, tensor read). Most nodes read one tensor; a
+/// FLASH_ATTN_EXT node reads two (K and V, alternately), and each gets its
+/// own entry so that neither evicts the other.
+fn memo_slot(node: usize, src: usize) -> usize {
+    ((node >> 4) ^ (src >> 4).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> (usize::BITS - MEMO_SLOTS.trailing_zeros())
 }
 
 /// What the hook needs to resolve tensors; frozen while the hook is installed
@@ -235,6 +240,7 @@ impl HookState {
             ffi::GGML_OP_MUL_MAT => Op::MulMat,
             ffi::GGML_OP_MUL_MAT_ID => Op::MulMatId,
             ffi::GGML_OP_GET_ROWS => Op::GetRows,
+            ffi::GGML_OP_FLASH_ATTN_EXT => Op::FlashAttnExt,
             _ => Op::Other,
         };
         let layer = if layer >= 0 {
@@ -347,6 +353,19 @@ unsafe fn set_weight_tag(t: *mut ffi::ggml_tensor, id: Option<u32>) {
     unsafe { pad_word(t) }.store(w, Ordering::Relaxed);
 }
 
+/// Where the hook stops, to measure what each stage of tracing costs
+/// (`CKTRACE_TRACE_CUT`, read when a session starts; a diagnostic for
+/// `cktrace bench trace`, never for real traces): 0 = nothing cut, 1 = `c`
+/// (the hook returns at once: what is left is the C side, clock reads and
+/// events), 2 = `records` (records are built as usual into a thread-local
+/// scratch buffer that is thrown away: no file write).
+static CUT: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    /// The scratch buffer of `CKTRACE_TRACE_CUT=records`.
+    static SCRATCH: RefCell<Vec<TraceRecord>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The hook ggml calls with a batch of one thread's events (see the patch's
 /// `trace.h`): each becomes one record in that thread's buffer.
 unsafe extern "C" fn ggml_trace_hook(
@@ -357,9 +376,17 @@ unsafe extern "C" fn ggml_trace_hook(
     if st.is_null() {
         return;
     }
+    let cut = CUT.load(Ordering::Relaxed);
+    if cut == 1 {
+        return;
+    }
     if n == 0 {
         // This thread finished its part of a graph.
-        sink::flush_local();
+        if cut == 2 {
+            let _ = SCRATCH.try_with(|s| s.try_borrow_mut().map(|mut s| s.clear()));
+        } else {
+            sink::flush_local();
+        }
         return;
     }
     if evs.is_null() || n < 0 {
@@ -382,6 +409,39 @@ unsafe extern "C" fn ggml_trace_hook(
                 return false;
             };
             let table = m.get_or_insert_with(|| vec![MEMO_EMPTY; MEMO_SLOTS].into_boxed_slice());
+            if cut == 2 {
+                let _ = SCRATCH.try_with(|s| {
+                    let Ok(mut s) = s.try_borrow_mut() else {
+                        return;
+                    };
+                    for ev in evs {
+                        if ev.src.is_null() || ev.node.is_null() {
+                            continue;
+                        }
+                        // SAFETY: non-null and live for the call (see above).
+                        let src = unsafe { &*ev.src };
+                        let slot = &mut table[memo_slot(ev.node as usize, ev.src as usize)];
+                        // SAFETY: ev.node is a live tensor.
+                        let node_word = unsafe { pad_word(ev.node) };
+                        if !(slot.node == ev.node as usize
+                            && slot.src == ev.src as usize
+                            && slot.stamp == stamp
+                            && node_word.load(Ordering::Relaxed) == stamp)
+                        {
+                            *slot = st.memo(ev, src, stamp);
+                            node_word.store(stamp, Ordering::Relaxed);
+                        }
+                        if s.len() >= 4096 {
+                            s.clear();
+                        }
+                        s.push(slot.template);
+                        if let Some(r) = s.last_mut() {
+                            fill(r, ev, &step, slot.off, st.start_mono_ns);
+                        }
+                    }
+                });
+                return true;
+            }
             let written = sink::with_writer(|w| {
                 let mut malformed = 0;
                 for ev in evs {
@@ -391,7 +451,7 @@ unsafe extern "C" fn ggml_trace_hook(
                     }
                     // SAFETY: non-null and live for the call (see above).
                     let src = unsafe { &*ev.src };
-                    let slot = &mut table[memo_slot(ev.node as usize)];
+                    let slot = &mut table[memo_slot(ev.node as usize, ev.src as usize)];
                     // SAFETY: ev.node is a live tensor.
                     let node_word = unsafe { pad_word(ev.node) };
                     let hit = slot.node == ev.node as usize
@@ -603,6 +663,14 @@ impl TraceSession {
             unsafe { set_weight_tag(p as *mut ffi::ggml_tensor, Some(i as u32)) };
         }
         let registry = Arc::new(Mutex::new(reg));
+        CUT.store(
+            match std::env::var("CKTRACE_TRACE_CUT").as_deref() {
+                Ok("c") => 1,
+                Ok("records") => 2,
+                _ => 0,
+            },
+            Ordering::Relaxed,
+        );
         let state = Box::into_raw(Box::new(HookState {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             start_mono_ns: sink.start_mono_ns(),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use cktrace::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
-use cktrace::llama::{self, Context, ContextParams, Model, ModelParams};
+use cktrace::llama::{self, Context, ContextParams, FlashAttn, Model, ModelParams};
 use cktrace_ck::layout::{KvType, LayoutOptions, Memory, WeightPlacement};
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -67,6 +67,9 @@ fn parity(path: &Path, options: EngineOptions, repack: bool) -> Report {
             n_ctx: 512,
             n_batch: 512,
             threads: 2,
+            // the ck engine follows ggml's attention as matmuls over the
+            // KV cache (its float order), not the fused FLASH_ATTN_EXT
+            flash_attn: FlashAttn::Off,
         },
         None,
     )

@@ -1007,6 +1007,48 @@ fn bench_resolves_catalogue_names() {
     assert!(stderr(&o).contains("no-such-model"), "{}", stderr(&o));
 }
 
+/// `bench engines` runs both engines and prints what it promises: decode
+/// and prefill of each, both ratios, the bandwidth it measured and both
+/// roofline fractions (numbers are not checked: speed is not tested).
+#[test]
+fn bench_engines_prints_both_engines_and_the_roofline() {
+    model("smollm2");
+    let o = run(&[
+        "bench",
+        "engines",
+        "smollm2",
+        "-n",
+        "2",
+        "-r",
+        "7",
+        "--prompt-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for line in [
+        "prefill 8 tokens + 2 decode steps, 7 alternating pairs",
+        "ggml decode",
+        "ck   decode",
+        "ggml prefill",
+        "ck   prefill",
+        "ratio ck/ggml decode:",
+        "ratio ck/ggml prefill:",
+        "read bandwidth:",
+        "memory roofline:",
+    ] {
+        assert!(out.contains(line), "no {line:?} in\n{out}");
+    }
+    // Seven samples per engine and series.
+    let series = out.lines().find(|l| l.starts_with("ck   decode")).unwrap();
+    let inside = series.split('[').nth(1).unwrap().trim_end_matches(']');
+    assert_eq!(inside.split_whitespace().count(), 7, "{series}");
+    // Too few pairs for a median of paired ratios is a usage error.
+    let o = run(&["bench", "engines", "smollm2", "-n", "2", "-r", "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--reps 3"), "{}", stderr(&o));
+}
+
 fn send(child: &Child, sig: &str) {
     let o = Command::new("kill")
         .args([sig, &child.0.id().to_string()])

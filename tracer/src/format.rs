@@ -412,6 +412,10 @@ code_enum!(
         MulMat = 1 => "mul_mat",
         MulMatId = 2 => "mul_mat_id",
         GetRows = 3 => "get_rows",
+        /// FLASH_ATTN_EXT: K and V rows of the KV cache read by fused
+        /// attention (added within version 1; older readers show it as
+        /// `unknown(4)`).
+        FlashAttnExt = 4 => "flash_attn_ext",
         /// Any other op, traced at op level (optional).
         Other = 255 => "other",
     }
@@ -442,6 +446,15 @@ code_enum!(
         Tiled = 10 => "tiled",
         /// Op-level record of any other op.
         OpLevel = 11 => "op",
+        /// FLASH_ATTN_EXT one query row at a time (`one_chunk`: decode and
+        /// short prompts).
+        FlashAttn = 12 => "flash_attn",
+        /// FLASH_ATTN_EXT tiled kernel (a query tile x KV tiles; prompts of
+        /// 64 tokens or more).
+        FlashAttnTiled = 13 => "flash_attn_tiled",
+        /// FLASH_ATTN_EXT decode path split over KV chunks (one token, 512
+        /// KV cells or more, F16/F32 cache).
+        FlashAttnSplit = 14 => "flash_attn_split",
         /// The ck engine's scalar reference kernels.
         CkScalar = 32 => "ck_scalar",
         /// The ck engine's SIMD kernels.

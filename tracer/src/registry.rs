@@ -130,6 +130,11 @@ pub struct Meta {
     /// Whether the AMX extra buffer type was allowed (`--no-amx` clears it).
     #[serde(default)]
     pub amx: bool,
+    /// Flash attention as asked (`run --flash-attn`): `auto` (llama.cpp's
+    /// default, on for the CPU backend), `on` or `off`; empty in bundles
+    /// written before the flag existed (they ran with it off).
+    #[serde(default)]
+    pub flash_attn: String,
     pub llama_cpp: String,
     pub llama_cpp_patches: String,
     pub command_line: Vec<String>,

@@ -9,10 +9,15 @@
 //!   `mul_mat_id` node reads its experts' share), and every decode step uses
 //!   the same set of weights;
 //! - embedding: one `token_embd` row per token of the batch;
-//! - KV cache: each layer reads K and V over the attended KV length as
-//!   llama.cpp pads it (the cells in use rounded up to 256, at most the
-//!   cache size) times the bytes of one cache row: `n_layer x 2 x n_kv x
-//!   row_bytes`, where `parse --stats` counts the same bytes;
+//! - KV cache: with flash attention off, each layer reads K and V over the
+//!   attended KV length as llama.cpp pads it (the cells in use rounded up to
+//!   256, at most the cache size) times the bytes of one cache row:
+//!   `n_layer x 2 x n_kv x row_bytes`, where `parse --stats` counts the same
+//!   bytes. With flash attention on (FLASH_ATTN_EXT records), every query row
+//!   reads the rows of one KV head over the cells its mask lets through
+//!   (docs/trace-format.md): per KV tensor, `query rows x cells x head row
+//!   bytes`, where the cells end at the newest token (`pos + n_tokens`) and
+//!   span the same range for every query row;
 //! - steps: every step the run traced is in the trace.
 
 use std::any::Any;
@@ -66,6 +71,10 @@ struct StepAcc {
     nodes: HashSet<(u64, u32, i32)>,
     /// KV tensors read.
     kv: BTreeSet<u32>,
+    /// Flash attention: per KV tensor, the cells read (lowest first, highest
+    /// end), the query rows that read any (bit per row; rows past 127 are
+    /// counted up to the highest end) and bytes of one head row.
+    fa: BTreeMap<u32, (u32, u32, u128, u32, u64)>,
     /// Embedding rows read (sum of row ranges of get_rows weight reads) and
     /// the tensor.
     embd_rows: u64,
@@ -186,9 +195,21 @@ impl Accumulator for TrafficAcc {
                     self.last = Some(key);
                 }
             }
-            K_KV if self.last_kv != Some((r.step, r.tensor_id)) => {
-                s.kv.insert(r.tensor_id);
-                self.last_kv = Some((r.step, r.tensor_id));
+            K_KV => {
+                if self.last_kv != Some((r.step, r.tensor_id)) {
+                    s.kv.insert(r.tensor_id);
+                    self.last_kv = Some((r.step, r.tensor_id));
+                }
+                if r.op == Op::FlashAttnExt as u8 && r.row1 > r.row0 {
+                    let e = s.fa.entry(r.tensor_id).or_insert((u32::MAX, 0, 0, 0, 0));
+                    e.0 = e.0.min(r.row0);
+                    e.1 = e.1.max(r.row1);
+                    for c in r.col0..r.col1.min(128) {
+                        e.2 |= 1u128 << c;
+                    }
+                    e.3 = e.3.max(r.col1);
+                    e.4 = r.len / (r.row1 - r.row0) as u64;
+                }
             }
             _ => {}
         }
@@ -276,11 +297,28 @@ fn finish(b: &Bundle, mut acc: TrafficAcc) -> Finished {
             let used = (s.pos.max(0) as u64).saturating_add(s.n_tokens as u64);
             (used.div_ceil(KV_PAD) * KV_PAD).min(rows)
         };
+        let newest = (s.pos.max(0) as u64).saturating_add(s.n_tokens as u64);
+        // Flash attention: every layer has the same query rows; a tensor
+        // whose records miss some of them reads less than the others.
+        let q_rows =
+            s.fa.values()
+                .map(|&(_, _, mask, hi_col, _)| {
+                    mask.count_ones() as u64 + hi_col.saturating_sub(128) as u64
+                })
+                .max()
+                .unwrap_or(0);
         let expected_kv: u64 =
             s.kv.iter()
-                .map(|&t| {
-                    let f = acc.facts[t as usize];
-                    n_kv_at(f.3) * f.2
+                .map(|&t| match s.fa.get(&t) {
+                    // flash attention: every query row reads every cell of
+                    // the span, which ends at the newest token
+                    Some(&(lo, _, _, _, head_row)) => {
+                        q_rows * newest.saturating_sub(lo as u64) * head_row
+                    }
+                    None => {
+                        let f = acc.facts[t as usize];
+                        n_kv_at(f.3) * f.2
+                    }
                 })
                 .sum();
         let n_kv =

@@ -112,6 +112,7 @@ mod bf16;
 mod f16;
 mod f32;
 mod kquant;
+mod order;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -126,7 +127,7 @@ mod testutil;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use bf16::BlockBF16;
+pub use bf16::{Bf16Order, BlockBF16};
 pub use f16::BlockF16;
 pub use f32::BlockF32;
 pub use q4_0::BlockQ4_0;
@@ -664,7 +665,7 @@ impl Kernels {
         x_q: &[u8],
     ) -> Result<f32, QuantError> {
         let mut out = [0.0f32];
-        self.mat_vec_op("vec_dot", w, k, w_row, x_q, &mut out)?;
+        self.mat_vec_op("vec_dot", w, k, w_row, x_q, 1, &mut out)?;
         Ok(out[0])
     }
 
@@ -679,9 +680,29 @@ impl Kernels {
         x_q: &[u8],
         out: &mut [f32],
     ) -> Result<(), QuantError> {
-        self.mat_vec_op("mat_vec", w, k, rows, x_q, out)
+        self.mat_vec_op("mat_vec", w, k, rows, x_q, 1, out)
     }
 
+    /// [`Kernels::mat_vec`] as ggml computes it inside a matmul of
+    /// `n_tokens` activations (the engine's pass): ggml hands matmuls of
+    /// two or more tokens with BF16 weights to llamafile's tinyBLAS, whose
+    /// order of additions differs from `ggml_vec_dot_bf16`'s, and this
+    /// follows it (in the order of this CPU, at every level). For one
+    /// token, and for every other type, this is `mat_vec`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mat_vec_in_pass(
+        &self,
+        w: GgmlType,
+        k: usize,
+        rows: &[u8],
+        x_q: &[u8],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        self.mat_vec_op("mat_vec_in_pass", w, k, rows, x_q, n_tokens, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn mat_vec_op(
         &self,
         op: &'static str,
@@ -689,6 +710,7 @@ impl Kernels {
         k: usize,
         rows: &[u8],
         x_q: &[u8],
+        n_tokens: usize,
         out: &mut [f32],
     ) -> Result<(), QuantError> {
         if !supported(w) {
@@ -708,6 +730,10 @@ impl Kernels {
             return Ok(());
         }
         let kern = *self;
+        if w == GgmlType::BF16 && n_tokens >= 2 {
+            bf16::mat_vec_pass(kern, true, cast(rows), cast(x_q), out);
+            return Ok(());
+        }
         with_weight_kernels!(op, w, run_mat_vec(kern, rows, x_q, out));
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! with Q8_K.
 
 use super::kquant::{make_qkx2_quants, nearest_int, pack_scales_mins_k4, scales_mins_k4};
+use super::order::{lanes_32, Acc8};
 use super::q8_k::BlockQ8K;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -151,6 +152,7 @@ pub(crate) fn dequantize_row(src: &[BlockQ5K], dst: &mut [f32]) {
 
 /// The exact integer parts of one super-block's dot product, as for
 /// Q4_K: `(sum_j sc_j * sum_i q_i * x_i, sum_j m_j * bsums of j)`.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
     let (sc, m) = scales_mins_k4(&w.scales);
@@ -174,19 +176,48 @@ pub(crate) fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
     (sumi, summ)
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q5_K_q8_K`, with one
-/// accumulator).
+/// The eight exact integer lanes of the scaled 5-bit dot product of one
+/// super-block, as the SIMD kernels form them (see Q4_K's).
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ5K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 8] {
+    let mut lanes = [0i32; 8];
+    for c in 0..4 {
+        let qs = &w.qs[32 * c..32 * c + 32];
+        let h = |i: usize, bit: usize| (((w.qh[i] >> bit) & 1) << 4) as i32;
+        let lo = lanes_32(
+            |i| (qs[i] & 0x0F) as i32 | h(i, 2 * c),
+            |i| x.qs[64 * c + i] as i32,
+        );
+        let hi = lanes_32(
+            |i| (qs[i] >> 4) as i32 | h(i, 2 * c + 1),
+            |i| x.qs[64 * c + 32 + i] as i32,
+        );
+        for l in 0..8 {
+            lanes[l] += sc[2 * c] as i32 * lo[l] + sc[2 * c + 1] as i32 * hi[l];
+        }
+    }
+    lanes
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q5_K_q8_K` float order (the
+/// mins term summed to one integer per block and added to a running
+/// `summs = fma(-x.d * dmin, sum, summs)`, the scaled dot into eight lanes
+/// with one FMA of `x.d * d`, then `hsum_float_8(acc) + summs`), so it
+/// returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q5k_q8k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q5_K vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
+    let mut summs = 0f32;
     for (a, b) in w.iter().zip(x) {
-        let (sumi, summ) = block_dot(a, b);
-        let d = a.d() * b.d();
-        let dmin = a.dmin() * b.d();
-        sum += d * sumi as f32;
-        sum -= dmin * summ as f32;
+        let (sc, m) = scales_mins_k4(&a.scales);
+        let yd = b.d();
+        let dmin = (0.0 - yd) * a.dmin();
+        let prod = crate::quant::q4_k::mins_lanes(&m, b);
+        let sum = (prod[0] + prod[1]) + (prod[2] + prod[3]);
+        summs = dmin.mul_add(sum as f32, summs);
+        acc.fma(yd * a.d(), block_lanes(a, b, &sc));
     }
-    sum
+    acc.hsum() + summs
 }
 
 /// The Q5_K tile of both x86 levels, ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`:
@@ -509,7 +540,16 @@ mod tests {
             "q5_K",
             2000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                let (sc, m) = scales_mins_k4(&w.scales);
+                assert_eq!(block_lanes(w, x, &sc).iter().sum::<i32>(), d.0);
+                assert_eq!(
+                    crate::quant::q4_k::mins_lanes(&m, x).iter().sum::<i32>(),
+                    d.1
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
     }

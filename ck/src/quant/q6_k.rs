@@ -3,6 +3,7 @@
 //! `d * sc_{i/16} * (q_i - 32)`. Dotted with Q8_K.
 
 use super::kquant::{make_qx_quants_rmse1, nearest_int, GROUP_MAX_EPS};
+use super::order::{lanes_32, Acc8};
 use super::q8_k::BlockQ8K;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -116,6 +117,7 @@ pub(crate) fn dequantize_row(src: &[BlockQ6K], dst: &mut [f32]) {
 /// The exact integer dot product of one super-block:
 /// `sum_i sc_{i/16} * (q_i - 32) * x_i`; the block's value is
 /// `d * x.d * that`.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
     let mut sumi = 0i32;
@@ -143,15 +145,45 @@ pub(crate) fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
     sumi
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q6_K_q8_K`, with one
-/// accumulator).
+/// The eight exact integer lanes of one super-block, as the SIMD kernels
+/// form them: `-32 * (bsum_2l * sc_2l + bsum_2l+1 * sc_2l+1)` (the offset,
+/// taken once), plus, for each 32-value group `g`, the unsigned 6-bit
+/// values times the activations over values `4l..4l + 4` of the group,
+/// scaled by the group's first scale for `l < 4` and its second for
+/// `l >= 4`.
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ6K, x: &BlockQ8K) -> [i32; 8] {
+    let sc = |i: usize| w.scales[i] as i32;
+    let mut lanes: [i32; 8] = std::array::from_fn(|l| {
+        -32 * (x.bsum(2 * l) as i32 * sc(2 * l) + x.bsum(2 * l + 1) as i32 * sc(2 * l + 1))
+    });
+    for g in 0..8 {
+        let (n, quarter) = (g / 4, g % 4);
+        let q = |l: usize| {
+            let ql = w.ql[64 * n + 32 * (quarter % 2) + l];
+            let lo = if quarter < 2 { ql & 0xF } else { ql >> 4 };
+            let hi = (w.qh[32 * n + l] >> (2 * quarter)) & 3;
+            (lo | (hi << 4)) as i32
+        };
+        let y = |l: usize| x.qs[128 * n + 32 * quarter + l] as i32;
+        let p = lanes_32(q, y);
+        for l in 0..8 {
+            lanes[l] += sc(2 * g + l / 4) * p[l];
+        }
+    }
+    lanes
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q6_K_q8_K` float order
+/// (eight lanes, one FMA of `x.d * d` per block, `hsum_float_8`), so it
+/// returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q6k_q8k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q6_K vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
     for (a, b) in w.iter().zip(x) {
-        sum += (a.d() * b.d()) * block_dot(a, b) as f32;
+        acc.fma(b.d() * a.d(), block_lanes(a, b));
     }
-    sum
+    acc.hsum()
 }
 
 /// The i16 scales of the eight 32-value groups of a Q6_K block: group `g`
@@ -466,7 +498,15 @@ mod tests {
             "q6_K",
             2000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                assert_eq!(
+                    block_lanes(w, x).iter().sum::<i32>(),
+                    d,
+                    "lanes sum to the block"
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
     }

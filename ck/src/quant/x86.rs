@@ -590,3 +590,48 @@ pub(crate) unsafe fn hsum_f32x16_gcc(x: __m512) -> f32 {
     let t10 = _mm_add_ps(t8, _mm_shuffle_ps(t8, t8, 0b10_11_00_01));
     _mm_cvtss_f32(t10)
 }
+
+/// Sixteen f32 lanes as two 256-bit halves: ggml's AVX-512 float order
+/// (lane `i` of the low half is lane `i`, of the high half lane `i + 8`)
+/// on AVX2.
+#[derive(Clone, Copy)]
+pub(crate) struct F32x16(pub __m256, pub __m256);
+
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn zero_x16() -> F32x16 {
+    F32x16(_mm256_setzero_ps(), _mm256_setzero_ps())
+}
+
+/// # Safety
+///
+/// FMA.
+#[inline(always)]
+pub(crate) unsafe fn fma_x16(a: F32x16, b: F32x16, c: F32x16) -> F32x16 {
+    F32x16(
+        _mm256_fmadd_ps(a.0, b.0, c.0),
+        _mm256_fmadd_ps(a.1, b.1, c.1),
+    )
+}
+
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn add_x16(a: F32x16, b: F32x16) -> F32x16 {
+    F32x16(_mm256_add_ps(a.0, b.0), _mm256_add_ps(a.1, b.1))
+}
+
+/// [`hsum_f32x16_gcc`] of the two halves: GCC's order folds the high
+/// eight lanes onto the low eight first, then sums those as
+/// `hsum_float_8` does.
+///
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn hsum_x16(x: F32x16) -> f32 {
+    hsum_float_8(_mm256_add_ps(x.1, x.0))
+}

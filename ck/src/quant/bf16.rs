@@ -453,56 +453,10 @@ mod tests {
     }
 
     /// Both of ggml's BF16 orders (one token: `vec_dot_bf16`; more:
-    /// tinyBLAS) give the same bits at every level, and stay within the
-    /// kernels' bound of the dequantized dot; lengths with partial steps
-    /// included.
+    /// tinyBLAS) agree across levels, partial steps included.
     #[test]
     fn bf16_pass_orders_agree_across_levels() {
-        let kernels = testutil::all_kernels();
-        let mut rng = testutil::Rng::new(77);
-        for k in [1, 31, 33, 64, 100, 576, 1536] {
-            let n_rows = 5;
-            let rows: Vec<u8> = (0..n_rows)
-                .flat_map(|_| testutil::random_row(GgmlType::BF16, k, &mut rng))
-                .collect();
-            let xf = testutil::random_activation_f32(k, &mut rng);
-            let xq = testutil::quantize_activation(GgmlType::BF16, &xf);
-            let xd = testutil::dequantize(GgmlType::BF16, &xq, k);
-            for n_tokens in [1, 2, 9] {
-                let mut first: Option<Vec<f32>> = None;
-                for kern in &kernels {
-                    let mut out = vec![f32::NAN; n_rows];
-                    kern.mat_vec_in_pass(GgmlType::BF16, k, &rows, &xq, n_tokens, &mut out)
-                        .unwrap();
-                    for r in 0..n_rows {
-                        let row = &rows[r * 2 * k..(r + 1) * 2 * k];
-                        let (dref, abs) =
-                            testutil::f64_dot(&testutil::dequantize(GgmlType::BF16, row, k), &xd);
-                        assert!(
-                            (out[r] as f64 - dref).abs() <= testutil::KERNEL_VS_DEQUANT * abs,
-                            "k={k} n={n_tokens} {}: {} vs {dref}",
-                            kern.level(),
-                            out[r]
-                        );
-                    }
-                    match &first {
-                        None => first = Some(out),
-                        Some(f) => assert!(
-                            f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "k={k} n={n_tokens} {}: {out:?} vs scalar {f:?}",
-                            kern.level()
-                        ),
-                    }
-                }
-                if n_tokens == 1 {
-                    let mut mv = vec![0f32; n_rows];
-                    kernels[0]
-                        .mat_vec(GgmlType::BF16, k, &rows, &xq, &mut mv)
-                        .unwrap();
-                    assert_eq!(first.as_ref().unwrap(), &mv);
-                }
-            }
-        }
+        testutil::check_pass_orders(GgmlType::BF16, 77);
     }
 
     #[test]

@@ -117,6 +117,32 @@ pub(crate) fn float_dot<const L: usize>(
     s as f32
 }
 
+/// llamafile's tinyBLAS F32/F16 dot product (one output of a matmul of
+/// two or more tokens) in portable Rust: one accumulator of `L` lanes
+/// (element `i` into lane `i % L`, one FMA each), the last partial step
+/// zero-filled as tinyBLAS's masked load does (`fma(0, 0, acc)`), then the
+/// lane sum (GCC's `_mm512_reduce_add_ps` for 16, `hsum_float_8` for 8).
+pub(crate) fn gemm_float_dot<const L: usize>(
+    n: usize,
+    w: impl Fn(usize) -> f32,
+    x: impl Fn(usize) -> f32,
+) -> f32 {
+    let mut acc = [0f32; L];
+    for i in 0..n {
+        acc[i % L] = w(i).mul_add(x(i), acc[i % L]);
+    }
+    if n % L != 0 {
+        for a in &mut acc[n % L..] {
+            *a = 0f32.mul_add(0.0, *a);
+        }
+    }
+    if L == 16 {
+        hsum_f32x16(acc[..].try_into().unwrap())
+    } else {
+        hsum_float_8(acc[..].try_into().unwrap())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

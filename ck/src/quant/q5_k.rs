@@ -152,7 +152,6 @@ pub(crate) fn dequantize_row(src: &[BlockQ5K], dst: &mut [f32]) {
 
 /// The exact integer parts of one super-block's dot product, as for
 /// Q4_K: `(sum_j sc_j * sum_i q_i * x_i, sum_j m_j * bsums of j)`.
-#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
     let (sc, m) = scales_mins_k4(&w.scales);
@@ -465,6 +464,39 @@ pub(crate) mod avx512 {
     }
 }
 
+/// What ggml's "tiled" K-quant matmul (ggml-cpu/tiled, taken for passes of
+/// eight or more tokens when the weights are not repacked) computes for one
+/// output: per super-block `r = fnmadd(dmin, s2, d * s1)` with `s1`, `s2` the exact
+/// integer parts, then `acc = fma(r, x.d, acc)`, from zero in block order.
+pub(crate) fn tiled_dot(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(w.len(), x.len(), "quant: tiled vec_dot length mismatch");
+    let mut acc = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        let (s1, s2) = block_dot(a, b);
+        let r = (s1 as f32) * a.d();
+        let r = (-a.dmin()).mul_add(s2 as f32, r);
+        acc = r.mul_add(b.d(), acc);
+    }
+    acc
+}
+
+/// [`tiled_dot`] for each row: `out[r] = tiled_dot(row r, x)`.
+pub(crate) fn mat_vec_tiled(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+    let nb = x.len();
+    assert_eq!(
+        rows.len(),
+        nb * out.len(),
+        "quant: mat_vec rows/blocks mismatch"
+    );
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+        *o = tiled_dot(row, x);
+    }
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -552,6 +584,13 @@ mod tests {
             },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
+    }
+
+    /// ggml's tiled order (passes of eight or more tokens) agrees across
+    /// levels and with the dequantized dot.
+    #[test]
+    fn q5_k_pass_orders_agree_across_levels() {
+        testutil::check_pass_orders(GgmlType::Q5_K, 55);
     }
 
     #[test]

@@ -117,7 +117,6 @@ pub(crate) fn dequantize_row(src: &[BlockQ6K], dst: &mut [f32]) {
 /// The exact integer dot product of one super-block:
 /// `sum_i sc_{i/16} * (q_i - 32) * x_i`; the block's value is
 /// `d * x.d * that`.
-#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
     let mut sumi = 0i32;
@@ -423,6 +422,37 @@ pub(crate) mod avx512 {
     }
 }
 
+/// What ggml's "tiled" K-quant matmul (ggml-cpu/tiled, taken for passes of
+/// eight or more tokens when the weights are not repacked) computes for one
+/// output: per super-block `r = d * s1` with `s1` the exact integer part, then
+/// `acc = fma(r, x.d, acc)`, from zero in block order.
+pub(crate) fn tiled_dot(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(w.len(), x.len(), "quant: tiled vec_dot length mismatch");
+    let mut acc = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        let r = (block_dot(a, b) as f32) * a.d();
+        acc = r.mul_add(b.d(), acc);
+    }
+    acc
+}
+
+/// [`tiled_dot`] for each row: `out[r] = tiled_dot(row r, x)`.
+pub(crate) fn mat_vec_tiled(rows: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+    let nb = x.len();
+    assert_eq!(
+        rows.len(),
+        nb * out.len(),
+        "quant: mat_vec rows/blocks mismatch"
+    );
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+        *o = tiled_dot(row, x);
+    }
+}
+
 pub(crate) struct Kernels;
 
 impl WeightKernels for Kernels {
@@ -509,6 +539,13 @@ mod tests {
             },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
+    }
+
+    /// ggml's tiled order (passes of eight or more tokens) agrees across
+    /// levels and with the dequantized dot.
+    #[test]
+    fn q6_k_pass_orders_agree_across_levels() {
+        testutil::check_pass_orders(GgmlType::Q6_K, 66);
     }
 
     #[test]

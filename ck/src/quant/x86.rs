@@ -635,3 +635,48 @@ pub(crate) unsafe fn add_x16(a: F32x16, b: F32x16) -> F32x16 {
 pub(crate) unsafe fn hsum_x16(x: F32x16) -> f32 {
     hsum_float_8(_mm256_add_ps(x.1, x.0))
 }
+
+/// Generates `$name(rows, x, out)`: llamafile's tinyBLAS float dot product
+/// (what ggml computes for each output of an F32/F16/BF16 matmul of two or
+/// more tokens): one accumulator of `$lanes` lanes per output, one FMA per
+/// `$lanes` elements, the last partial step zero-filled (tinyBLAS's
+/// masked load), then the lane sum `$hsum`. Uses the invoking module's
+/// `load`.
+macro_rules! gemm_float_rows {
+    ($name:ident, $features:literal, $W:ty, $lanes:literal, $zero:ident, $fma:ident, $hsum:ident) => {
+        /// # Safety
+        ///
+        /// The CPU must support the features this function is compiled
+        /// for (see its `target_feature`). Lengths are checked.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name(rows: &[$W], x: &[$W], out: &mut [f32]) {
+            let k = x.len();
+            assert!(
+                k > 0 && rows.len() == k * out.len(),
+                "quant: mat_vec rows/blocks mismatch"
+            );
+            let np = k - k % $lanes;
+            let mut xt = [<$W>::default(); $lanes];
+            xt[..k - np].copy_from_slice(&x[np..]);
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(k)) {
+                let mut acc = $zero();
+                let mut i = 0;
+                while i < np {
+                    // SAFETY: i + lanes <= np <= k elements of both; same
+                    // CPU features as this function.
+                    acc = unsafe { $fma(load(row.as_ptr().add(i)), load(x.as_ptr().add(i)), acc) };
+                    i += $lanes;
+                }
+                if np < k {
+                    let mut wt = [<$W>::default(); $lanes];
+                    wt[..k - np].copy_from_slice(&row[np..]);
+                    // SAFETY: both buffers hold `lanes` elements.
+                    acc = unsafe { $fma(load(wt.as_ptr()), load(xt.as_ptr()), acc) };
+                }
+                // SAFETY: same CPU features as this function.
+                *o = unsafe { $hsum(acc) };
+            }
+        }
+    };
+}
+pub(crate) use gemm_float_rows;

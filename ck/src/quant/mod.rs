@@ -766,8 +766,8 @@ impl Kernels {
         }
         if n_tokens >= TILED_MIN_TOKENS && matches!(w, GgmlType::Q5_K | GgmlType::Q6_K) {
             match w {
-                GgmlType::Q5_K => q5_k::mat_vec_tiled(cast(rows), cast(x_q), out),
-                _ => q6_k::mat_vec_tiled(cast(rows), cast(x_q), out),
+                GgmlType::Q5_K => q5_k::mat_vec_tiled(kern, cast(rows), cast(x_q), out),
+                _ => q6_k::mat_vec_tiled(kern, cast(rows), cast(x_q), out),
             }
             return Ok(());
         }

@@ -327,7 +327,6 @@ macro_rules! q5k_tile {
         /// # Safety
         ///
         /// The CPU features of this module's kernels.
-        #[cfg(test)]
         #[inline(always)]
         pub(crate) unsafe fn block_dot_lanes(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
             let ms = k4_mins_and_scales(&w.scales);
@@ -361,6 +360,30 @@ macro_rules! q5k_tile {
             }
             let prod8 = _mm256_set_m128i(_mm_setzero_si128(), prod);
             (hsum_i32_8(sumi), hsum_i32_8(prod8))
+        }
+
+        /// ggml's tiled order for each row ([`super::tiled_dot`]), the
+        /// integer parts through the kernels' lanes.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tiled_rows(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+            let nb = x.len();
+            assert!(
+                nb > 0 && rows.len() == nb * out.len(),
+                "quant: mat_vec rows/blocks mismatch"
+            );
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+                let mut acc = 0f32;
+                for (a, b) in row.iter().zip(x) {
+                    // SAFETY: the caller runs with this module's features.
+                    let (s1, s2) = unsafe { block_dot_lanes(a, b) };
+                    acc = super::tiled_step(a, b, s1, s2, acc);
+                }
+                *o = acc;
+            }
         }
     };
 }
@@ -397,6 +420,17 @@ pub(crate) mod avx2 {
     q5k_tile!();
 
     tile_drivers!("avx2,fma,f16c", BlockQ5K, BlockQ8K, tile, mv_rows = 1, mm = 2 x 2);
+
+    /// ggml's tiled order for each row.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support avx2,fma,f16c. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn mat_vec_tiled(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+        // SAFETY: same CPU features as this function.
+        unsafe { tiled_rows(rows, x, out) }
+    }
 
     /// [`block_dot_lanes`] as a test entry point.
     ///
@@ -450,6 +484,16 @@ pub(crate) mod avx512 {
         mv_rows = 2,
         mm = 2 x 2
     );
+    /// ggml's tiled order for each row.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn mat_vec_tiled(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+        // SAFETY: same CPU features as this function.
+        unsafe { tiled_rows(rows, x, out) }
+    }
 
     /// [`block_dot_lanes`] as a test entry point.
     ///
@@ -464,6 +508,13 @@ pub(crate) mod avx512 {
     }
 }
 
+/// One super-block of [`tiled_dot`] from its exact integer parts.
+#[inline(always)]
+pub(crate) fn tiled_step(a: &BlockQ5K, b: &BlockQ8K, s1: i32, s2: i32, acc: f32) -> f32 {
+    let r = (-a.dmin()).mul_add(s2 as f32, (s1 as f32) * a.d());
+    r.mul_add(b.d(), acc)
+}
+
 /// What ggml's "tiled" K-quant matmul (ggml-cpu/tiled, taken for passes of
 /// eight or more tokens when the weights are not repacked) computes for one
 /// output: per super-block `r = fnmadd(dmin, s2, d * s1)` with `s1`, `s2` the exact
@@ -473,15 +524,14 @@ pub(crate) fn tiled_dot(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
     let mut acc = 0f32;
     for (a, b) in w.iter().zip(x) {
         let (s1, s2) = block_dot(a, b);
-        let r = (s1 as f32) * a.d();
-        let r = (-a.dmin()).mul_add(s2 as f32, r);
-        acc = r.mul_add(b.d(), acc);
+        acc = tiled_step(a, b, s1, s2, acc);
     }
     acc
 }
 
-/// [`tiled_dot`] for each row: `out[r] = tiled_dot(row r, x)`.
-pub(crate) fn mat_vec_tiled(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+/// [`tiled_dot`] for each row at `kern`'s level (the same bits at every
+/// level): `out[r] = tiled_dot(row r, x)`.
+pub(crate) fn mat_vec_tiled(kern: Level, rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
     let nb = x.len();
     assert_eq!(
         rows.len(),
@@ -492,8 +542,18 @@ pub(crate) fn mat_vec_tiled(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) 
         out.fill(0.0);
         return;
     }
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
-        *o = tiled_dot(row, x);
+    match kern.level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Kernels` at this level proves the CPU features.
+        KernelLevel::Avx512 => unsafe { avx512::mat_vec_tiled(rows, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelLevel::Avx2 => unsafe { avx2::mat_vec_tiled(rows, x, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+                *o = tiled_dot(row, x);
+            }
+        }
     }
 }
 

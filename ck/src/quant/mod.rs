@@ -64,11 +64,23 @@
 //!   (tested on random blocks, and on whole models in
 //!   `ck/tests/kernel_levels.rs`). Checked bit for bit against the pinned
 //!   build's `ggml_vec_dot_*` (native, Zen 4), the kernels return ggml's
-//!   bits for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K. (llama.cpp
-//!   itself repacks Q4_0/Q4_K weights and runs its own GEMV for them, and
-//!   its prefill of F32/F16/Q4_0/Q5_0/Q8_0 uses llamafile's tinyBLAS, so
-//!   those results are close to, not equal to, these; it has no tinyBLAS
-//!   for Q5_1.)
+//!   bits for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K.
+//!   (llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV and
+//!   GEMM for them, so those results are close to, not equal to, these.)
+//! * ggml's arithmetic also depends on the size of the pass: for two or
+//!   more tokens it hands F32/F16/BF16 (and Q4_0/Q5_0/Q8_0) matmuls to
+//!   llamafile's tinyBLAS, and for eight or more tokens Q5_K/Q6_K (and the
+//!   other K-quants, when not repacked) to its "tiled" kernels. Q8_0's
+//!   tinyBLAS has `vec_dot`'s float order already (one FMA of `d_w * d_x`
+//!   per block into eight lanes, then `hsum_float_8`); the others differ,
+//!   and [`Kernels::mat_vec_in_pass`] follows them: tinyBLAS's float
+//!   kernels (one accumulator of 16 or 8 lanes per output, masked tail,
+//!   lane sum; `vdpbf16ps` for BF16) and the tiled kernels' per-block
+//!   `fnmadd(dmin, s2, d * s1)` then `fma(r, x.d, acc)`
+//!   ([`TILED_MIN_TOKENS`]). With it the ck engine gives ggml's logits bit
+//!   for bit on SmolLM2 Q5_K_M and BF16, teacher-forced over 256 steps
+//!   with a batched prompt (max NMSE 0). Q5_1 has no tinyBLAS or tiled
+//!   kernel.
 //! * The float types follow the arithmetic ggml was built with for this
 //!   CPU, not the kernel level: F32 and F16 use 16 lanes (four
 //!   accumulators, GCC's `_mm512_reduce_add_ps`) on a CPU with AVX-512F

@@ -51,15 +51,13 @@ fn logits(file: &str, level: KernelLevel) -> Vec<f32> {
     let mut e = Engine::new(&model(file), options).unwrap_or_else(|err| panic!("{file}: {err}"));
     let prompt: Vec<u32> = vec![1, 504, 3458, 282, 260, 4889, 3110, 4089, 281];
     let mut all = e.forward(&prompt, 0).unwrap().to_vec();
-    let mut pos = prompt.len();
-    for _ in 0..2 {
+    for pos in prompt.len()..prompt.len() + 2 {
         let next = all[all.len() - e.n_vocab()..]
             .iter()
             .enumerate()
             .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
             .0 as u32;
         all.extend_from_slice(e.forward(&[next], pos).unwrap());
-        pos += 1;
     }
     all
 }

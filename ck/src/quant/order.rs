@@ -131,7 +131,7 @@ pub(crate) fn gemm_float_dot<const L: usize>(
     for i in 0..n {
         acc[i % L] = w(i).mul_add(x(i), acc[i % L]);
     }
-    if n % L != 0 {
+    if !n.is_multiple_of(L) {
         for a in &mut acc[n % L..] {
             *a = 0f32.mul_add(0.0, *a);
         }

@@ -534,9 +534,9 @@ fn matmul(
         }
         let wr = &wdata[rows.start * w.row_bytes..rows.end * w.row_bytes];
         for t in 0..n {
-            if let Err(e) = cx
-                .kernels
-                .mat_vec(w.ty, w.k, wr, &xq[t * qb..(t + 1) * qb], r.token(t))
+            if let Err(e) =
+                cx.kernels
+                    .mat_vec_in_pass(w.ty, w.k, wr, &xq[t * qb..(t + 1) * qb], n, r.token(t))
             {
                 err.set(e);
             }

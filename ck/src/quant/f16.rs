@@ -1,5 +1,6 @@
 //! F16 weights against F16 activations (`ggml_vec_dot_f16`).
 
+use super::order::{float_dot, float_lanes, gemm_float_dot};
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
     WeightKernels,
@@ -48,15 +49,17 @@ pub(crate) fn dequantize_row(src: &[BlockF16], dst: &mut [f32]) {
     }
 }
 
-/// Scalar reference: exact f16→f32, f32 products summed in f64, like
-/// ggml's generic `ggml_vec_dot_f16`.
+/// The scalar level: ggml's x86 `ggml_vec_dot_f16` float order for this
+/// CPU ([`float_dot`] with [`float_lanes`]), so it returns the SIMD
+/// levels' bits.
 pub(crate) fn vec_dot_f16_scalar(w: &[BlockF16], x: &[BlockF16]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: f16 vec_dot length mismatch");
-    let mut sum = 0.0f64;
-    for (a, b) in w.iter().zip(x) {
-        sum += (a.get() * b.get()) as f64;
+    let (wf, xf) = (|i: usize| w[i].get(), |i: usize| x[i].get());
+    if float_lanes() == 16 {
+        float_dot::<16>(w.len(), wf, xf)
+    } else {
+        float_dot::<8>(w.len(), wf, xf)
     }
-    sum as f32
 }
 
 /// AVX2 + FMA + F16C: ggml's AVX2 structure (four 8-lane accumulators).
@@ -110,6 +113,51 @@ pub(crate) mod avx2 {
     );
 
     tile_drivers!("avx2,fma,f16c", BlockF16, BlockF16, tile, mv_rows = 2, mm = 1 x 2);
+
+    gemm_float_rows!(
+        gemm_rows,
+        "avx2,fma,f16c",
+        BlockF16,
+        8,
+        _mm256_setzero_ps,
+        _mm256_fmadd_ps,
+        hsum_float_8
+    );
+
+    /// ggml's AVX-512 order (four accumulators of sixteen lanes) on AVX2,
+    /// for CPUs with AVX-512F, where ggml computes it.
+    pub(crate) mod x16 {
+        use super::super::BlockF16;
+        use crate::quant::x86::*;
+        use std::arch::x86_64::*;
+
+        /// Sixteen elements from `p` as f32.
+        ///
+        /// # Safety
+        ///
+        /// AVX2 and F16C; `p` points at sixteen readable elements.
+        #[inline(always)]
+        unsafe fn load(p: *const BlockF16) -> F32x16 {
+            F32x16(
+                _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(8).cast())),
+            )
+        }
+
+        float_tile!(BlockF16, F32x16, 16, zero_x16, fma_x16, add_x16, load, hsum_x16);
+
+        tile_drivers!("avx2,fma,f16c", BlockF16, BlockF16, tile, mv_rows = 2, mm = 1 x 2);
+
+        gemm_float_rows!(
+            gemm_rows,
+            "avx2,fma,f16c",
+            BlockF16,
+            16,
+            zero_x16,
+            fma_x16,
+            hsum_x16
+        );
+    }
 }
 
 /// AVX-512F: ggml's AVX-512 structure (four 16-lane accumulators).
@@ -148,6 +196,54 @@ pub(crate) mod avx512 {
         mv_rows = 2,
         mm = 2 x 2
     );
+
+    gemm_float_rows!(
+        gemm_rows,
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        BlockF16,
+        16,
+        _mm512_setzero_ps,
+        _mm512_fmadd_ps,
+        hsum_f32x16_gcc
+    );
+}
+
+/// llamafile's tinyBLAS dot products (an F32/F16 matmul of two or more
+/// tokens in ggml), in this CPU's lanes ([`gemm_float_dot`]), at `kern`'s
+/// level: `out[r] = dot(row r, x)`.
+pub(crate) fn mat_vec_gemm(kern: Level, rows: &[BlockF16], x: &[BlockF16], out: &mut [f32]) {
+    let k = x.len();
+    assert_eq!(
+        rows.len(),
+        k * out.len(),
+        "quant: mat_vec rows/blocks mismatch"
+    );
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let x16 = float_lanes() == 16;
+    match kern.level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Kernels` at this level proves the CPU features.
+        KernelLevel::Avx512 => unsafe { avx512::gemm_rows(rows, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelLevel::Avx2 if x16 => unsafe { avx2::x16::gemm_rows(rows, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelLevel::Avx2 => unsafe { avx2::gemm_rows(rows, x, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(k)) {
+                let (wf, xf) = (|i: usize| row[i].get(), |i: usize| x[i].get());
+                *o = if x16 {
+                    gemm_float_dot::<16>(k, wf, xf)
+                } else {
+                    gemm_float_dot::<8>(k, wf, xf)
+                };
+            }
+        }
+    }
 }
 
 pub(crate) struct Kernels;
@@ -167,6 +263,9 @@ impl WeightKernels for Kernels {
             KernelLevel::Avx512 => unsafe { avx512::mat_vec(rows, x, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
+            KernelLevel::Avx2 if float_lanes() == 16 => unsafe { avx2::x16::mat_vec(rows, x, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             KernelLevel::Avx2 => unsafe { avx2::mat_vec(rows, x, out) },
             _ => mat_vec_scalar::<Self>(rows, x, out),
         }
@@ -177,6 +276,11 @@ impl WeightKernels for Kernels {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a `Kernels` at this level proves the CPU features.
             KernelLevel::Avx512 => unsafe { avx512::mat_mat(rows, xs, nb, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            KernelLevel::Avx2 if float_lanes() == 16 => unsafe {
+                avx2::x16::mat_mat(rows, xs, nb, out)
+            },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             KernelLevel::Avx2 => unsafe { avx2::mat_mat(rows, xs, nb, out) },
@@ -227,6 +331,13 @@ mod tests {
         assert_eq!(want[0].bits, 0x3c00u16.to_le_bytes());
         assert_eq!(want[1].bits, 0x3c02u16.to_le_bytes());
         assert_eq!(want[3].bits, 0x7c00u16.to_le_bytes());
+    }
+
+    /// ggml's one-token (`vec_dot`) and tinyBLAS orders agree across
+    /// levels, partial steps included.
+    #[test]
+    fn f16_pass_orders_agree_across_levels() {
+        testutil::check_pass_orders(GgmlType::F16, 78);
     }
 
     #[test]

@@ -52,20 +52,47 @@
 //!   ggml's (checked against the pinned build's `quantize_row_q8_*`).
 //! * The integer part of every dot product is exact and identical at every
 //!   level (the tests hold each SIMD twin's per-block integer sums to the
-//!   scalar ones). The AVX2 and AVX-512 paths also keep ggml's float
-//!   structure: eight f32 lanes, one FMA per block with the scale product
-//!   ggml forms, its 4-lane/scalar side sums (including the FMA GCC
-//!   contracts Q5_K's `summs += dmin * sum` into) and its horizontal sums.
-//!   Checked bit for bit against the pinned build's `ggml_vec_dot_*`
-//!   (native, Zen 4), both levels return ggml's bits for Q4_0, Q4_1, Q5_0,
-//!   Q8_0, Q4_K, Q5_K and Q6_K, and the AVX-512 level for F32 and F16.
-//!   (llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV for
-//!   them, and its prefill uses llamafile's tinyBLAS, so those results are
-//!   close to, not equal to, these.) BF16 is not bit-exact (ggml uses
-//!   `vdpbf16ps` when the CPU has it).
-//! * The scalar path accumulates one f32 per row, like ggml's generic
-//!   code, and agrees with the SIMD paths to ~1e-7 of the row's absolute
-//!   sum (tested at 1e-6).
+//!   scalar ones, and the scalar lanes to the block sums). Every level,
+//!   scalar included, also keeps ggml's x86 float structure: eight i32
+//!   lanes per block (lane `l` sums values `4l..4l + 4` of each 32-value
+//!   group), converted and accumulated with one FMA per lane and block
+//!   with the scale product ggml forms, its 4-lane/scalar side sums
+//!   (including the FMA GCC contracts Q4_1/Q5_1's `summs += m * s` and
+//!   Q5_K's `summs += dmin * sum` into) and its horizontal sums. The
+//!   scalar level does this in portable Rust (`order.rs`, `f32::mul_add`
+//!   for each FMA), so **all levels return the same bits** for every type
+//!   (tested on random blocks, and on whole models in
+//!   `ck/tests/kernel_levels.rs`). Checked bit for bit against the pinned
+//!   build's `ggml_vec_dot_*` (native, Zen 4), the kernels return ggml's
+//!   bits for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K.
+//!   (llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV and
+//!   GEMM for them, so those results are close to, not equal to, these.)
+//! * ggml's arithmetic also depends on the size of the pass: for two or
+//!   more tokens it hands F32/F16/BF16 (and Q4_0/Q5_0/Q8_0) matmuls to
+//!   llamafile's tinyBLAS, and for eight or more tokens Q5_K/Q6_K (and the
+//!   other K-quants, when not repacked) to its "tiled" kernels. Q8_0's
+//!   tinyBLAS has `vec_dot`'s float order already (one FMA of `d_w * d_x`
+//!   per block into eight lanes, then `hsum_float_8`); the others differ,
+//!   and [`Kernels::mat_vec_in_pass`] follows them: tinyBLAS's float
+//!   kernels (one accumulator of 16 or 8 lanes per output, masked tail,
+//!   lane sum; `vdpbf16ps` for BF16) and the tiled kernels' per-block
+//!   `fnmadd(dmin, s2, d * s1)` then `fma(r, x.d, acc)`
+//!   ([`TILED_MIN_TOKENS`]). With it the ck engine gives ggml's logits bit
+//!   for bit on SmolLM2 Q5_K_M and BF16, teacher-forced over 256 steps
+//!   with a batched prompt (max NMSE 0). Q5_1 has no tinyBLAS or tiled
+//!   kernel.
+//! * The float types follow the arithmetic ggml was built with for this
+//!   CPU, not the kernel level: F32 and F16 use 16 lanes (four
+//!   accumulators, GCC's `_mm512_reduce_add_ps`) on a CPU with AVX-512F
+//!   and 8 (AVX's `hadd` reduction) otherwise, at every level. BF16
+//!   ([`Bf16Order`]) uses `vdpbf16ps` on a CPU with AVX512_BF16 (the
+//!   odd pair first, each an FMA with denormal inputs as zero and denormal
+//!   results flushed; checked against the instruction), in
+//!   `ggml_vec_dot_bf16`'s order for a one-token matmul and in tinyBLAS's
+//!   order for two or more tokens ([`Kernels::mat_vec_in_pass`]); the
+//!   ck-BF16 SmolLM2 gives ggml's logits bit for bit. Without AVX512_BF16,
+//!   ggml's AVX-512F or AVX2 f32 paths are followed instead (those orders
+//!   are computed in portable code at every level).
 //! * `mat_vec` and `mat_mat` give every (row, column) pair the arithmetic
 //!   of `vec_dot`, so they equal it bit for bit; they differ only in how
 //!   many rows share an activation load and how many columns share a
@@ -94,8 +121,9 @@
 //! under `MAX_DOT_PRODUCT_ERROR` = 0.02 for every type here; none is in
 //! ggml's low-bit list that gets 0.04), random valid blocks against the
 //! f64 dot of the dequantized rows (within 1e-5 of the sum of |products|;
-//! 1e-3 for Q4_1, whose activation sum `s` is rounded to f16), SIMD against
-//! scalar (1e-6 of the same sum), exact integer block sums, `mat_vec` and
+//! 1e-3 for Q4_1 and Q5_1, whose activation sum `s` is rounded to f16),
+//! every level equal to scalar bit for bit, exact integer block sums and
+//! lanes, `mat_vec` and
 //! `mat_mat` equal to `vec_dot` bit for bit, hand-computed Q8_0/Q8_1/Q8_K
 //! blocks, and round trips under ggml's `MAX_QUANTIZATION_TOTAL_ERROR`.
 
@@ -112,10 +140,12 @@ mod bf16;
 mod f16;
 mod f32;
 mod kquant;
+mod order;
 mod q4_0;
 mod q4_1;
 mod q4_k;
 mod q5_0;
+mod q5_1;
 mod q5_k;
 mod q6_k;
 mod q8_0;
@@ -126,13 +156,14 @@ mod testutil;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use bf16::BlockBF16;
+pub use bf16::{Bf16Order, BlockBF16};
 pub use f16::BlockF16;
 pub use f32::BlockF32;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
 pub use q4_k::BlockQ4K;
 pub use q5_0::BlockQ5_0;
+pub use q5_1::BlockQ5_1;
 pub use q5_k::BlockQ5K;
 pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
@@ -293,17 +324,22 @@ pub struct Kernels {
     level: KernelLevel,
 }
 
+/// The pass size from which ggml computes Q5_K/Q6_K matmuls with its
+/// "tiled" kernels (`ggml_tiled_min_batch`).
+pub const TILED_MIN_TOKENS: usize = 8;
+
 /// Weight types with kernels, for error messages.
-const SUPPORTED_WEIGHTS: &str = "f32, f16, bf16, q4_0, q4_1, q5_0, q8_0, q4_K, q5_K, q6_K";
+const SUPPORTED_WEIGHTS: &str = "f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K";
 /// Types `quantize_row` and `dequantize_row` handle.
-const SUPPORTED_ROWS: &str = "f32, f16, bf16, q4_0, q4_1, q5_0, q8_0, q8_1, q4_K, q5_K, q6_K, q8_K";
+const SUPPORTED_ROWS: &str =
+    "f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1, q4_K, q5_K, q6_K, q8_K";
 
 /// Whether the ck kernels can multiply weights of type `t`.
 pub fn supported(t: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         t,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4_K | Q5_K | Q6_K
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K
     )
 }
 
@@ -543,6 +579,7 @@ macro_rules! with_weight_kernels {
             GgmlType::Q4_0 => $f::<q4_0::Kernels>($($arg),*),
             GgmlType::Q4_1 => $f::<q4_1::Kernels>($($arg),*),
             GgmlType::Q5_0 => $f::<q5_0::Kernels>($($arg),*),
+            GgmlType::Q5_1 => $f::<q5_1::Kernels>($($arg),*),
             GgmlType::Q8_0 => $f::<q8_0::Kernels>($($arg),*),
             GgmlType::Q4_K => $f::<q4_k::Kernels>($($arg),*),
             GgmlType::Q5_K => $f::<q5_k::Kernels>($($arg),*),
@@ -632,6 +669,7 @@ impl Kernels {
             GgmlType::Q4_0 => q4_0::quantize_row_ref(x, cast_mut(dst)),
             GgmlType::Q4_1 => q4_1::quantize_row_ref(x, cast_mut(dst)),
             GgmlType::Q5_0 => q5_0::quantize_row_ref(x, cast_mut(dst)),
+            GgmlType::Q5_1 => q5_1::quantize_row_ref(x, cast_mut(dst)),
             GgmlType::Q4_K => q4_k::quantize_row_ref(x, cast_mut(dst)),
             GgmlType::Q5_K => q5_k::quantize_row_ref(x, cast_mut(dst)),
             GgmlType::Q6_K => q6_k::quantize_row_ref(x, cast_mut(dst)),
@@ -664,7 +702,7 @@ impl Kernels {
         x_q: &[u8],
     ) -> Result<f32, QuantError> {
         let mut out = [0.0f32];
-        self.mat_vec_op("vec_dot", w, k, w_row, x_q, &mut out)?;
+        self.mat_vec_op("vec_dot", w, k, w_row, x_q, 1, &mut out)?;
         Ok(out[0])
     }
 
@@ -679,9 +717,30 @@ impl Kernels {
         x_q: &[u8],
         out: &mut [f32],
     ) -> Result<(), QuantError> {
-        self.mat_vec_op("mat_vec", w, k, rows, x_q, out)
+        self.mat_vec_op("mat_vec", w, k, rows, x_q, 1, out)
     }
 
+    /// [`Kernels::mat_vec`] as ggml computes it inside a matmul of
+    /// `n_tokens` activations (the engine's pass): ggml hands matmuls of
+    /// two or more tokens with F32, F16 or BF16 weights to llamafile's
+    /// tinyBLAS, whose order of additions differs from its `vec_dot`'s,
+    /// and this follows it (in the order of this CPU, at every level). For
+    /// one token, and for the other types, this is `mat_vec`. (tinyBLAS's
+    /// Q4_0/Q5_0/Q8_0 prompt kernels are not followed.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn mat_vec_in_pass(
+        &self,
+        w: GgmlType,
+        k: usize,
+        rows: &[u8],
+        x_q: &[u8],
+        n_tokens: usize,
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        self.mat_vec_op("mat_vec_in_pass", w, k, rows, x_q, n_tokens, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn mat_vec_op(
         &self,
         op: &'static str,
@@ -689,6 +748,7 @@ impl Kernels {
         k: usize,
         rows: &[u8],
         x_q: &[u8],
+        n_tokens: usize,
         out: &mut [f32],
     ) -> Result<(), QuantError> {
         if !supported(w) {
@@ -708,6 +768,21 @@ impl Kernels {
             return Ok(());
         }
         let kern = *self;
+        if n_tokens >= 2 && matches!(w, GgmlType::BF16 | GgmlType::F16 | GgmlType::F32) {
+            match w {
+                GgmlType::BF16 => bf16::mat_vec_pass(kern, true, cast(rows), cast(x_q), out),
+                GgmlType::F16 => f16::mat_vec_gemm(kern, cast(rows), cast(x_q), out),
+                _ => f32::mat_vec_gemm(kern, cast(rows), cast(x_q), out),
+            }
+            return Ok(());
+        }
+        if n_tokens >= TILED_MIN_TOKENS && matches!(w, GgmlType::Q5_K | GgmlType::Q6_K) {
+            match w {
+                GgmlType::Q5_K => q5_k::mat_vec_tiled(kern, cast(rows), cast(x_q), out),
+                _ => q6_k::mat_vec_tiled(kern, cast(rows), cast(x_q), out),
+            }
+            return Ok(());
+        }
         with_weight_kernels!(op, w, run_mat_vec(kern, rows, x_q, out));
         Ok(())
     }
@@ -788,6 +863,7 @@ pub fn dequantize_row(t: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Qu
         GgmlType::Q4_0 => q4_0::dequantize_row(cast(src), dst),
         GgmlType::Q4_1 => q4_1::dequantize_row(cast(src), dst),
         GgmlType::Q5_0 => q5_0::dequantize_row(cast(src), dst),
+        GgmlType::Q5_1 => q5_1::dequantize_row(cast(src), dst),
         GgmlType::Q8_0 => q8_0::dequantize_row(cast(src), dst),
         GgmlType::Q8_1 => q8_1::dequantize_row(cast(src), dst),
         GgmlType::Q4_K => q4_k::dequantize_row(cast(src), dst),
@@ -844,6 +920,7 @@ mod tests {
             (Q5_0, Q8_0),
             (Q8_0, Q8_0),
             (Q4_1, Q8_1),
+            (Q5_1, Q8_1),
             (Q4_K, Q8_K),
             (Q5_K, Q8_K),
             (Q6_K, Q8_K),
@@ -851,7 +928,7 @@ mod tests {
             assert_eq!(vec_dot_type(w), x, "{w}");
             assert!(supported(w));
         }
-        assert!(!supported(Q5_1));
+        assert!(!supported(Q2_K));
         assert!(!supported(Q8_K));
     }
 
@@ -882,7 +959,7 @@ mod tests {
         );
         assert!(kern.try_vec_dot(GgmlType::Q5_0, 64, &w, &x[..10]).is_err());
         assert!(kern.try_vec_dot(GgmlType::Q5_0, 48, &w, &x).is_err());
-        assert!(kern.try_vec_dot(GgmlType::Q5_1, 64, &w, &x).is_err());
+        assert!(kern.try_vec_dot(GgmlType::Q3_K, 256, &w, &x).is_err());
         let mut out = [0.0f32; 3];
         assert!(kern.mat_vec(GgmlType::Q5_0, 64, &w, &x, &mut out).is_err());
         assert!(kern

@@ -1,6 +1,7 @@
 //! Q4_0: 32 4-bit values with one f16 scale; value `i` is
 //! `d * (q_i - 8)`. Dotted with Q8_0 activations.
 
+use super::order::{lanes_32, Acc8};
 use super::q8_0::BlockQ8_0;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -65,6 +66,7 @@ pub(crate) fn dequantize_row(src: &[BlockQ4_0], dst: &mut [f32]) {
 }
 
 /// The exact integer dot product of one block pair.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
     let mut sum = 0i32;
@@ -76,14 +78,27 @@ pub(crate) fn block_dot(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
     sum
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q4_0_q8_0`).
+/// The eight exact integer lanes of one block pair (lane `l` sums values
+/// `4l..4l + 4`), as the SIMD kernels form them.
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ4_0, x: &BlockQ8_0) -> [i32; 8] {
+    let v = |i: usize| {
+        let b = w.qs[i % 16];
+        (if i < 16 { b & 0x0F } else { b >> 4 }) as i32 - 8
+    };
+    lanes_32(v, |i| x.qs[i] as i32)
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q4_0_q8_0` float order
+/// (eight lanes, one FMA of `d_w * d_x` per block, `hsum_float_8`), so it
+/// returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q4_0_q8_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q4_0 vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
     for (a, b) in w.iter().zip(x) {
-        sum += block_dot(a, b) as f32 * (a.d() * b.d());
+        acc.fma(a.d() * b.d(), block_lanes(a, b));
     }
-    sum
+    acc.hsum()
 }
 
 /// AVX2 + FMA + F16C. The float side is ggml's AVX2
@@ -271,7 +286,15 @@ mod tests {
             "q4_0",
             4000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                assert_eq!(
+                    block_lanes(w, x).iter().sum::<i32>(),
+                    d,
+                    "lanes sum to the block"
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
     }

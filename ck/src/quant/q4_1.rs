@@ -2,6 +2,7 @@
 //! `d * q_i + m`. Dotted with Q8_1 activations, whose `s` carries the
 //! min term.
 
+use super::order::{lanes_32, Acc8};
 use super::q8_1::BlockQ8_1;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -77,6 +78,7 @@ pub(crate) fn dequantize_row(src: &[BlockQ4_1], dst: &mut [f32]) {
 
 /// The exact integer dot product of one block pair: `sum(q_i * x_i)` with
 /// the unsigned 4-bit values.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
     let mut sum = 0i32;
@@ -88,14 +90,29 @@ pub(crate) fn block_dot(w: &BlockQ4_1, x: &BlockQ8_1) -> i32 {
     sum
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q4_1_q8_1`).
+/// The eight exact integer lanes of one block pair (lane `l` sums values
+/// `4l..4l + 4`), as the SIMD kernels form them.
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ4_1, x: &BlockQ8_1) -> [i32; 8] {
+    let v = |i: usize| {
+        let b = w.qs[i % 16];
+        (if i < 16 { b & 0x0F } else { b >> 4 }) as i32
+    };
+    lanes_32(v, |i| x.qs[i] as i32)
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q4_1_q8_1` float order
+/// (eight lanes, one FMA of `d_w * d_x` per block, `hsum_float_8`, plus
+/// the running `m_w * s_x` sum), so it returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q4_1 vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
+    let mut summs = 0.0f32;
     for (a, b) in w.iter().zip(x) {
-        sum += (a.d() * b.d()) * block_dot(a, b) as f32 + a.m() * b.s();
+        summs = a.m().mul_add(b.s(), summs);
+        acc.fma(a.d() * b.d(), block_lanes(a, b));
     }
-    sum
+    acc.hsum() + summs
 }
 
 /// The Q4_1 tile of both x86 levels (`lanes` differs): ggml's AVX2
@@ -318,7 +335,15 @@ mod tests {
             "q4_1",
             4000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                assert_eq!(
+                    block_lanes(w, x).iter().sum::<i32>(),
+                    d,
+                    "lanes sum to the block"
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
     }

@@ -3,6 +3,7 @@
 //! sub-block `j` is `d * sc_j * q_i - dmin * m_j`. Dotted with Q8_K.
 
 use super::kquant::{make_qkx2_quants, nearest_int, pack_scales_mins_k4, scales_mins_k4};
+use super::order::{hsum_float_4, lanes_32, Acc8};
 use super::q8_k::BlockQ8K;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -140,6 +141,7 @@ pub(crate) fn dequantize_row(src: &[BlockQ4K], dst: &mut [f32]) {
 /// The exact integer parts of one super-block's dot product:
 /// `(sum_j sc_j * sum_i q_i * x_i, sum_j m_j * (bsum_2j + bsum_2j+1))`;
 /// the block's value is `d * x.d * first - dmin * x.d * second`.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ4K, x: &BlockQ8K) -> (i32, i32) {
     let (sc, m) = scales_mins_k4(&w.scales);
@@ -160,19 +162,52 @@ pub(crate) fn block_dot(w: &BlockQ4K, x: &BlockQ8K) -> (i32, i32) {
     (sumi, summ)
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q4_K_q8_K`, with one
-/// accumulator instead of eight).
+/// The mins term's four i32 lanes, as `_mm_madd_epi16(mins, q8s)` forms
+/// them: lane `i` is `m_2i * s_2i + m_2i+1 * s_2i+1`, with `s_j` the sum
+/// of the activations of 32-value sub-block `j` (`bsum_2j + bsum_2j+1`).
+#[inline(always)]
+pub(crate) fn mins_lanes(m: &[u8; 8], x: &BlockQ8K) -> [i32; 4] {
+    let s = |j: usize| x.bsum(2 * j) as i32 + x.bsum(2 * j + 1) as i32;
+    std::array::from_fn(|i| m[2 * i] as i32 * s(2 * i) + m[2 * i + 1] as i32 * s(2 * i + 1))
+}
+
+/// The eight exact integer lanes of the scaled 4-bit dot product of one
+/// super-block, as the SIMD kernels form them: lane `l` is
+/// `sum_j sc_j * sum(q * x)` over values `4l..4l + 4` of each 32-value
+/// sub-block `j`.
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ4K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 8] {
+    let mut lanes = [0i32; 8];
+    for c in 0..4 {
+        let qs = &w.qs[32 * c..32 * c + 32];
+        let lo = lanes_32(|i| (qs[i] & 0x0F) as i32, |i| x.qs[64 * c + i] as i32);
+        let hi = lanes_32(|i| (qs[i] >> 4) as i32, |i| x.qs[64 * c + 32 + i] as i32);
+        for l in 0..8 {
+            lanes[l] += sc[2 * c] as i32 * lo[l] + sc[2 * c + 1] as i32 * hi[l];
+        }
+    }
+    lanes
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q4_K_q8_K` float order (the
+/// mins term into four lanes with one FMA of `-x.d * dmin`, the scaled dot
+/// into eight with one FMA of `x.d * d`, then `hsum_float_8(acc) +
+/// hsum(acc_m)`), so it returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q4k_q8k(w: &[BlockQ4K], x: &[BlockQ8K]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q4_K vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
+    let mut acc_m = [0f32; 4];
     for (a, b) in w.iter().zip(x) {
-        let (sumi, summ) = block_dot(a, b);
-        let d = a.d() * b.d();
-        let dmin = a.dmin() * b.d();
-        sum += d * sumi as f32;
-        sum -= dmin * summ as f32;
+        let (sc, m) = scales_mins_k4(&a.scales);
+        let yd = b.d();
+        let dmin = (0.0 - yd) * a.dmin();
+        let prod = mins_lanes(&m, b);
+        for i in 0..4 {
+            acc_m[i] = dmin.mul_add(prod[i] as f32, acc_m[i]);
+        }
+        acc.fma(yd * a.d(), block_lanes(a, b, &sc));
     }
-    sum
+    acc.hsum() + hsum_float_4(acc_m)
 }
 
 /// The Q4_K tile of both x86 levels, ggml's AVX2 `ggml_vec_dot_q4_K_q8_K`:
@@ -461,7 +496,16 @@ mod tests {
             "q4_K",
             2000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                let (sc, m) = scales_mins_k4(&w.scales);
+                assert_eq!(block_lanes(w, x, &sc).iter().sum::<i32>(), d.0);
+                assert_eq!(
+                    crate::quant::q4_k::mins_lanes(&m, x).iter().sum::<i32>(),
+                    d.1
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
     }

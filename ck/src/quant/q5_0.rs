@@ -5,6 +5,7 @@
 //! 576 and 640, are not multiples of the K-quants' 256), so this is the
 //! kernel decode spends its time in.
 
+use super::order::{lanes_32, Acc8};
 use super::q8_0::BlockQ8_0;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -87,6 +88,7 @@ pub(crate) fn dequantize_row(src: &[BlockQ5_0], dst: &mut [f32]) {
 
 /// The exact integer dot product of one block pair:
 /// `sum((q_i - 16) * x_i)`.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
     let qh = u32::from_le_bytes(w.qh);
@@ -101,14 +103,23 @@ pub(crate) fn block_dot(w: &BlockQ5_0, x: &BlockQ8_0) -> i32 {
     sum
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q5_0_q8_0`).
+/// The eight exact integer lanes of one block pair (lane `l` sums values
+/// `4l..4l + 4`), as the SIMD kernels form them.
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ5_0, x: &BlockQ8_0) -> [i32; 8] {
+    lanes_32(|i| w.q(i) as i32 - 16, |i| x.qs[i] as i32)
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q5_0_q8_0` float order
+/// (eight lanes, one FMA of `d_w * d_x` per block, `hsum_float_8`), so it
+/// returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q5_0_q8_0(w: &[BlockQ5_0], x: &[BlockQ8_0]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q5_0 vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
     for (a, b) in w.iter().zip(x) {
-        sum += block_dot(a, b) as f32 * (a.d() * b.d());
+        acc.fma(a.d() * b.d(), block_lanes(a, b));
     }
-    sum
+    acc.hsum()
 }
 
 /// AVX2 + FMA + F16C. The float side is ggml's AVX2
@@ -315,7 +326,15 @@ mod tests {
             "q5_0",
             4000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                assert_eq!(
+                    block_lanes(w, x).iter().sum::<i32>(),
+                    d,
+                    "lanes sum to the block"
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
         let w = BlockQ5_0 {

@@ -2,6 +2,7 @@
 //! with Q8_K.
 
 use super::kquant::{make_qkx2_quants, nearest_int, pack_scales_mins_k4, scales_mins_k4};
+use super::order::{lanes_32, Acc8};
 use super::q8_k::BlockQ8K;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -174,19 +175,48 @@ pub(crate) fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
     (sumi, summ)
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q5_K_q8_K`, with one
-/// accumulator).
+/// The eight exact integer lanes of the scaled 5-bit dot product of one
+/// super-block, as the SIMD kernels form them (see Q4_K's).
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ5K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 8] {
+    let mut lanes = [0i32; 8];
+    for c in 0..4 {
+        let qs = &w.qs[32 * c..32 * c + 32];
+        let h = |i: usize, bit: usize| (((w.qh[i] >> bit) & 1) << 4) as i32;
+        let lo = lanes_32(
+            |i| (qs[i] & 0x0F) as i32 | h(i, 2 * c),
+            |i| x.qs[64 * c + i] as i32,
+        );
+        let hi = lanes_32(
+            |i| (qs[i] >> 4) as i32 | h(i, 2 * c + 1),
+            |i| x.qs[64 * c + 32 + i] as i32,
+        );
+        for l in 0..8 {
+            lanes[l] += sc[2 * c] as i32 * lo[l] + sc[2 * c + 1] as i32 * hi[l];
+        }
+    }
+    lanes
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q5_K_q8_K` float order (the
+/// mins term summed to one integer per block and added to a running
+/// `summs = fma(-x.d * dmin, sum, summs)`, the scaled dot into eight lanes
+/// with one FMA of `x.d * d`, then `hsum_float_8(acc) + summs`), so it
+/// returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q5k_q8k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q5_K vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
+    let mut summs = 0f32;
     for (a, b) in w.iter().zip(x) {
-        let (sumi, summ) = block_dot(a, b);
-        let d = a.d() * b.d();
-        let dmin = a.dmin() * b.d();
-        sum += d * sumi as f32;
-        sum -= dmin * summ as f32;
+        let (sc, m) = scales_mins_k4(&a.scales);
+        let yd = b.d();
+        let dmin = (0.0 - yd) * a.dmin();
+        let prod = crate::quant::q4_k::mins_lanes(&m, b);
+        let sum = (prod[0] + prod[1]) + (prod[2] + prod[3]);
+        summs = dmin.mul_add(sum as f32, summs);
+        acc.fma(yd * a.d(), block_lanes(a, b, &sc));
     }
-    sum
+    acc.hsum() + summs
 }
 
 /// The Q5_K tile of both x86 levels, ggml's AVX2 `ggml_vec_dot_q5_K_q8_K`:
@@ -297,7 +327,6 @@ macro_rules! q5k_tile {
         /// # Safety
         ///
         /// The CPU features of this module's kernels.
-        #[cfg(test)]
         #[inline(always)]
         pub(crate) unsafe fn block_dot_lanes(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
             let ms = k4_mins_and_scales(&w.scales);
@@ -331,6 +360,30 @@ macro_rules! q5k_tile {
             }
             let prod8 = _mm256_set_m128i(_mm_setzero_si128(), prod);
             (hsum_i32_8(sumi), hsum_i32_8(prod8))
+        }
+
+        /// ggml's tiled order for each row ([`super::tiled_dot`]), the
+        /// integer parts through the kernels' lanes.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tiled_rows(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+            let nb = x.len();
+            assert!(
+                nb > 0 && rows.len() == nb * out.len(),
+                "quant: mat_vec rows/blocks mismatch"
+            );
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+                let mut acc = 0f32;
+                for (a, b) in row.iter().zip(x) {
+                    // SAFETY: the caller runs with this module's features.
+                    let (s1, s2) = unsafe { block_dot_lanes(a, b) };
+                    acc = super::tiled_step(a, b, s1, s2, acc);
+                }
+                *o = acc;
+            }
         }
     };
 }
@@ -367,6 +420,17 @@ pub(crate) mod avx2 {
     q5k_tile!();
 
     tile_drivers!("avx2,fma,f16c", BlockQ5K, BlockQ8K, tile, mv_rows = 1, mm = 2 x 2);
+
+    /// ggml's tiled order for each row.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support avx2,fma,f16c. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn mat_vec_tiled(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+        // SAFETY: same CPU features as this function.
+        unsafe { tiled_rows(rows, x, out) }
+    }
 
     /// [`block_dot_lanes`] as a test entry point.
     ///
@@ -420,6 +484,16 @@ pub(crate) mod avx512 {
         mv_rows = 2,
         mm = 2 x 2
     );
+    /// ggml's tiled order for each row.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn mat_vec_tiled(rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+        // SAFETY: same CPU features as this function.
+        unsafe { tiled_rows(rows, x, out) }
+    }
 
     /// [`block_dot_lanes`] as a test entry point.
     ///
@@ -431,6 +505,55 @@ pub(crate) mod avx512 {
     pub(crate) unsafe fn block_dot(w: &BlockQ5K, x: &BlockQ8K) -> (i32, i32) {
         // SAFETY: same CPU features as this function.
         unsafe { block_dot_lanes(w, x) }
+    }
+}
+
+/// One super-block of [`tiled_dot`] from its exact integer parts.
+#[inline(always)]
+pub(crate) fn tiled_step(a: &BlockQ5K, b: &BlockQ8K, s1: i32, s2: i32, acc: f32) -> f32 {
+    let r = (-a.dmin()).mul_add(s2 as f32, (s1 as f32) * a.d());
+    r.mul_add(b.d(), acc)
+}
+
+/// What ggml's "tiled" K-quant matmul (ggml-cpu/tiled, taken for passes of
+/// eight or more tokens when the weights are not repacked) computes for one
+/// output: per super-block `r = fnmadd(dmin, s2, d * s1)` with `s1`, `s2` the exact
+/// integer parts, then `acc = fma(r, x.d, acc)`, from zero in block order.
+pub(crate) fn tiled_dot(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(w.len(), x.len(), "quant: tiled vec_dot length mismatch");
+    let mut acc = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        let (s1, s2) = block_dot(a, b);
+        acc = tiled_step(a, b, s1, s2, acc);
+    }
+    acc
+}
+
+/// [`tiled_dot`] for each row at `kern`'s level (the same bits at every
+/// level): `out[r] = tiled_dot(row r, x)`.
+pub(crate) fn mat_vec_tiled(kern: Level, rows: &[BlockQ5K], x: &[BlockQ8K], out: &mut [f32]) {
+    let nb = x.len();
+    assert_eq!(
+        rows.len(),
+        nb * out.len(),
+        "quant: mat_vec rows/blocks mismatch"
+    );
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    match kern.level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Kernels` at this level proves the CPU features.
+        KernelLevel::Avx512 => unsafe { avx512::mat_vec_tiled(rows, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelLevel::Avx2 => unsafe { avx2::mat_vec_tiled(rows, x, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+                *o = tiled_dot(row, x);
+            }
+        }
     }
 }
 
@@ -509,9 +632,25 @@ mod tests {
             "q5_K",
             2000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                let (sc, m) = scales_mins_k4(&w.scales);
+                assert_eq!(block_lanes(w, x, &sc).iter().sum::<i32>(), d.0);
+                assert_eq!(
+                    crate::quant::q4_k::mins_lanes(&m, x).iter().sum::<i32>(),
+                    d.1
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
+    }
+
+    /// ggml's tiled order (passes of eight or more tokens) agrees across
+    /// levels and with the dequantized dot.
+    #[test]
+    fn q5_k_pass_orders_agree_across_levels() {
+        testutil::check_pass_orders(GgmlType::Q5_K, 55);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `d * sc_{i/16} * (q_i - 32)`. Dotted with Q8_K.
 
 use super::kquant::{make_qx_quants_rmse1, nearest_int, GROUP_MAX_EPS};
+use super::order::{lanes_32, Acc8};
 use super::q8_k::BlockQ8K;
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
@@ -143,15 +144,45 @@ pub(crate) fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
     sumi
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q6_K_q8_K`, with one
-/// accumulator).
+/// The eight exact integer lanes of one super-block, as the SIMD kernels
+/// form them: `-32 * (bsum_2l * sc_2l + bsum_2l+1 * sc_2l+1)` (the offset,
+/// taken once), plus, for each 32-value group `g`, the unsigned 6-bit
+/// values times the activations over values `4l..4l + 4` of the group,
+/// scaled by the group's first scale for `l < 4` and its second for
+/// `l >= 4`.
+#[inline(always)]
+pub(crate) fn block_lanes(w: &BlockQ6K, x: &BlockQ8K) -> [i32; 8] {
+    let sc = |i: usize| w.scales[i] as i32;
+    let mut lanes: [i32; 8] = std::array::from_fn(|l| {
+        -32 * (x.bsum(2 * l) as i32 * sc(2 * l) + x.bsum(2 * l + 1) as i32 * sc(2 * l + 1))
+    });
+    for g in 0..8 {
+        let (n, quarter) = (g / 4, g % 4);
+        let q = |l: usize| {
+            let ql = w.ql[64 * n + 32 * (quarter % 2) + l];
+            let lo = if quarter < 2 { ql & 0xF } else { ql >> 4 };
+            let hi = (w.qh[32 * n + l] >> (2 * quarter)) & 3;
+            (lo | (hi << 4)) as i32
+        };
+        let y = |l: usize| x.qs[128 * n + 32 * quarter + l] as i32;
+        let p = lanes_32(q, y);
+        for l in 0..8 {
+            lanes[l] += sc(2 * g + l / 4) * p[l];
+        }
+    }
+    lanes
+}
+
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q6_K_q8_K` float order
+/// (eight lanes, one FMA of `x.d * d` per block, `hsum_float_8`), so it
+/// returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q6k_q8k(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q6_K vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
     for (a, b) in w.iter().zip(x) {
-        sum += (a.d() * b.d()) * block_dot(a, b) as f32;
+        acc.fma(b.d() * a.d(), block_lanes(a, b));
     }
-    sum
+    acc.hsum()
 }
 
 /// The i16 scales of the eight 32-value groups of a Q6_K block: group `g`
@@ -295,7 +326,6 @@ macro_rules! q6k_tile {
         /// # Safety
         ///
         /// The CPU features of this module's kernels.
-        #[cfg(test)]
         #[inline(always)]
         pub(crate) unsafe fn block_dot_lanes(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
             let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
@@ -311,6 +341,30 @@ macro_rules! q6k_tile {
                 }
             }
             hsum_i32_8(_mm256_sub_epi32(sumi, sub))
+        }
+
+        /// ggml's tiled order for each row ([`super::tiled_dot`]), the
+        /// integer parts through the kernels' lanes.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tiled_rows(rows: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+            let nb = x.len();
+            assert!(
+                nb > 0 && rows.len() == nb * out.len(),
+                "quant: mat_vec rows/blocks mismatch"
+            );
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+                let mut acc = 0f32;
+                for (a, b) in row.iter().zip(x) {
+                    // SAFETY: the caller runs with this module's features.
+                    let s1 = unsafe { block_dot_lanes(a, b) };
+                    acc = super::tiled_step(a, b, s1, acc);
+                }
+                *o = acc;
+            }
         }
     };
 }
@@ -335,6 +389,17 @@ pub(crate) mod avx2 {
     q6k_tile!();
 
     tile_drivers!("avx2,fma,f16c", BlockQ6K, BlockQ8K, tile, mv_rows = 1, mm = 2 x 2);
+
+    /// ggml's tiled order for each row.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support avx2,fma,f16c. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn mat_vec_tiled(rows: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+        // SAFETY: same CPU features as this function.
+        unsafe { tiled_rows(rows, x, out) }
+    }
 
     /// [`block_dot_lanes`] as a test entry point.
     ///
@@ -377,6 +442,16 @@ pub(crate) mod avx512 {
         mv_rows = 2,
         mm = 2 x 2
     );
+    /// ggml's tiled order for each row.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni. Lengths are checked.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn mat_vec_tiled(rows: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+        // SAFETY: same CPU features as this function.
+        unsafe { tiled_rows(rows, x, out) }
+    }
 
     /// [`block_dot_lanes`] as a test entry point.
     ///
@@ -388,6 +463,53 @@ pub(crate) mod avx512 {
     pub(crate) unsafe fn block_dot(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
         // SAFETY: same CPU features as this function.
         unsafe { block_dot_lanes(w, x) }
+    }
+}
+
+/// One super-block of [`tiled_dot`] from its exact integer part.
+#[inline(always)]
+pub(crate) fn tiled_step(a: &BlockQ6K, b: &BlockQ8K, s1: i32, acc: f32) -> f32 {
+    ((s1 as f32) * a.d()).mul_add(b.d(), acc)
+}
+
+/// What ggml's "tiled" K-quant matmul (ggml-cpu/tiled, taken for passes of
+/// eight or more tokens when the weights are not repacked) computes for one
+/// output: per super-block `r = d * s1` with `s1` the exact integer part, then
+/// `acc = fma(r, x.d, acc)`, from zero in block order.
+pub(crate) fn tiled_dot(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
+    assert_eq!(w.len(), x.len(), "quant: tiled vec_dot length mismatch");
+    let mut acc = 0f32;
+    for (a, b) in w.iter().zip(x) {
+        acc = tiled_step(a, b, block_dot(a, b), acc);
+    }
+    acc
+}
+
+/// [`tiled_dot`] for each row at `kern`'s level (the same bits at every
+/// level): `out[r] = tiled_dot(row r, x)`.
+pub(crate) fn mat_vec_tiled(kern: Level, rows: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+    let nb = x.len();
+    assert_eq!(
+        rows.len(),
+        nb * out.len(),
+        "quant: mat_vec rows/blocks mismatch"
+    );
+    if nb == 0 {
+        out.fill(0.0);
+        return;
+    }
+    match kern.level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Kernels` at this level proves the CPU features.
+        KernelLevel::Avx512 => unsafe { avx512::mat_vec_tiled(rows, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelLevel::Avx2 => unsafe { avx2::mat_vec_tiled(rows, x, out) },
+        _ => {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+                *o = tiled_dot(row, x);
+            }
+        }
     }
 }
 
@@ -466,9 +588,24 @@ mod tests {
             "q6_K",
             2000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                assert_eq!(
+                    block_lanes(w, x).iter().sum::<i32>(),
+                    d,
+                    "lanes sum to the block"
+                );
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
+    }
+
+    /// ggml's tiled order (passes of eight or more tokens) agrees across
+    /// levels and with the dequantized dot.
+    #[test]
+    fn q6_k_pass_orders_agree_across_levels() {
+        testutil::check_pass_orders(GgmlType::Q6_K, 66);
     }
 
     #[test]

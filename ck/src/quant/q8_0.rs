@@ -1,6 +1,7 @@
 //! Q8_0: 32 int8 values with one f16 scale. Both a weight type and the
 //! activation type of Q4_0, Q5_0 and Q8_0 weights.
 
+use super::order::{lanes_32, Acc8};
 use super::{
     f16_to_f32, f32_to_f16, mat_mat_scalar, mat_vec_scalar, Block, KernelLevel, Kernels as Level,
     WeightKernels,
@@ -101,6 +102,7 @@ pub(crate) fn dequantize_row(src: &[BlockQ8_0], dst: &mut [f32]) {
 
 /// The exact integer dot product of one weight block with one activation
 /// block: `sum(w.qs[i] * x.qs[i])`.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ8_0, x: &BlockQ8_0) -> i32 {
     w.qs.iter()
@@ -109,14 +111,19 @@ pub(crate) fn block_dot(w: &BlockQ8_0, x: &BlockQ8_0) -> i32 {
         .sum()
 }
 
-/// Scalar reference (ggml's generic `ggml_vec_dot_q8_0_q8_0`).
+/// The scalar level: ggml's AVX2 `ggml_vec_dot_q8_0_q8_0` float order
+/// (eight lanes of four products, one FMA of `d_w * d_x` per block,
+/// `hsum_float_8`), so it returns the SIMD levels' bits.
 pub(crate) fn vec_dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     assert_eq!(w.len(), x.len(), "quant: q8_0 vec_dot length mismatch");
-    let mut sum = 0.0f32;
+    let mut acc = Acc8::default();
     for (a, b) in w.iter().zip(x) {
-        sum += block_dot(a, b) as f32 * (a.d() * b.d());
+        acc.fma(
+            a.d() * b.d(),
+            lanes_32(|i| a.qs[i] as i32, |i| b.qs[i] as i32),
+        );
     }
-    sum
+    acc.hsum()
 }
 
 /// AVX2 + FMA + F16C: ggml's AVX2 `quantize_row_q8_0` and
@@ -443,7 +450,12 @@ mod tests {
             "q8_0",
             4000,
             gen,
-            block_dot,
+            |w, x| {
+                let d = block_dot(w, x);
+                let lanes = lanes_32(|i| w.qs[i] as i32, |i| x.qs[i] as i32);
+                assert_eq!(lanes.iter().sum::<i32>(), d, "lanes sum to the block");
+                d
+            },
             &testutil::x86_twins!(avx2::block_dot, avx512::block_dot),
         );
     }

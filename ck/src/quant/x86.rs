@@ -590,3 +590,93 @@ pub(crate) unsafe fn hsum_f32x16_gcc(x: __m512) -> f32 {
     let t10 = _mm_add_ps(t8, _mm_shuffle_ps(t8, t8, 0b10_11_00_01));
     _mm_cvtss_f32(t10)
 }
+
+/// Sixteen f32 lanes as two 256-bit halves: ggml's AVX-512 float order
+/// (lane `i` of the low half is lane `i`, of the high half lane `i + 8`)
+/// on AVX2.
+#[derive(Clone, Copy)]
+pub(crate) struct F32x16(pub __m256, pub __m256);
+
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn zero_x16() -> F32x16 {
+    F32x16(_mm256_setzero_ps(), _mm256_setzero_ps())
+}
+
+/// # Safety
+///
+/// FMA.
+#[inline(always)]
+pub(crate) unsafe fn fma_x16(a: F32x16, b: F32x16, c: F32x16) -> F32x16 {
+    F32x16(
+        _mm256_fmadd_ps(a.0, b.0, c.0),
+        _mm256_fmadd_ps(a.1, b.1, c.1),
+    )
+}
+
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn add_x16(a: F32x16, b: F32x16) -> F32x16 {
+    F32x16(_mm256_add_ps(a.0, b.0), _mm256_add_ps(a.1, b.1))
+}
+
+/// [`hsum_f32x16_gcc`] of the two halves: GCC's order folds the high
+/// eight lanes onto the low eight first, then sums those as
+/// `hsum_float_8` does.
+///
+/// # Safety
+///
+/// AVX.
+#[inline(always)]
+pub(crate) unsafe fn hsum_x16(x: F32x16) -> f32 {
+    hsum_float_8(_mm256_add_ps(x.1, x.0))
+}
+
+/// Generates `$name(rows, x, out)`: llamafile's tinyBLAS float dot product
+/// (what ggml computes for each output of an F32/F16/BF16 matmul of two or
+/// more tokens): one accumulator of `$lanes` lanes per output, one FMA per
+/// `$lanes` elements, the last partial step zero-filled (tinyBLAS's
+/// masked load), then the lane sum `$hsum`. Uses the invoking module's
+/// `load`.
+macro_rules! gemm_float_rows {
+    ($name:ident, $features:literal, $W:ty, $lanes:literal, $zero:ident, $fma:ident, $hsum:ident) => {
+        /// # Safety
+        ///
+        /// The CPU must support the features this function is compiled
+        /// for (see its `target_feature`). Lengths are checked.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name(rows: &[$W], x: &[$W], out: &mut [f32]) {
+            let k = x.len();
+            assert!(
+                k > 0 && rows.len() == k * out.len(),
+                "quant: mat_vec rows/blocks mismatch"
+            );
+            let np = k - k % $lanes;
+            let mut xt = [<$W>::default(); $lanes];
+            xt[..k - np].copy_from_slice(&x[np..]);
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(k)) {
+                let mut acc = $zero();
+                let mut i = 0;
+                while i < np {
+                    // SAFETY: i + lanes <= np <= k elements of both; same
+                    // CPU features as this function.
+                    acc = unsafe { $fma(load(row.as_ptr().add(i)), load(x.as_ptr().add(i)), acc) };
+                    i += $lanes;
+                }
+                if np < k {
+                    let mut wt = [<$W>::default(); $lanes];
+                    wt[..k - np].copy_from_slice(&row[np..]);
+                    // SAFETY: both buffers hold `lanes` elements.
+                    acc = unsafe { $fma(load(wt.as_ptr()), load(xt.as_ptr()), acc) };
+                }
+                // SAFETY: same CPU features as this function.
+                *o = unsafe { $hsum(acc) };
+            }
+        }
+    };
+}
+pub(crate) use gemm_float_rows;

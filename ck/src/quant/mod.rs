@@ -29,6 +29,10 @@
 //!   (each `row_bytes(vec_dot_type(w), k)` bytes, back to back); out is
 //!   column-major by activation: `out[col * n_rows + row]`.
 //! - `dequantize_row(t, src: &[u8], dst: &mut [f32])`.
+//! - `kernels.mat_vec_as(arith: MatArith, w, k, rows, x_q, out)`: `mat_vec`
+//!   with the float order of another ggml kernel (the repacked Q4_0/Q4_K
+//!   GEMV and GEMM, the tiled K-quant matmul; see `repack.rs`), the same
+//!   bits at every level. `crate::profile` says which one ggml runs.
 //!
 //! Return types: `vec_dot` returns the `f32` and panics (with a message
 //! naming the operation and the wrong length) if the slices do not match
@@ -59,10 +63,12 @@
 //!   Checked bit for bit against the pinned build's `ggml_vec_dot_*`
 //!   (native, Zen 4), both levels return ggml's bits for Q4_0, Q4_1, Q5_0,
 //!   Q8_0, Q4_K, Q5_K and Q6_K, and the AVX-512 level for F32 and F16.
-//!   (llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV for
-//!   them, and its prefill uses llamafile's tinyBLAS, so those results are
-//!   close to, not equal to, these.) BF16 is not bit-exact (ggml uses
-//!   `vdpbf16ps` when the CPU has it).
+//!   (llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV and
+//!   GEMM for them, and the tiled kernel for K-quant prompt matmuls:
+//!   `mat_vec_as` computes those, bit for bit too; its prefill of the other
+//!   types goes through llamafile's tinyBLAS, which adds as `vec_dot`
+//!   does.) BF16 is not bit-exact (ggml uses `vdpbf16ps` when the CPU has
+//!   it).
 //! * The scalar path accumulates one f32 per row, like ggml's generic
 //!   code, and agrees with the SIMD paths to ~1e-7 of the row's absolute
 //!   sum (tested at 1e-6).
@@ -121,6 +127,9 @@ mod q6_k;
 mod q8_0;
 mod q8_1;
 mod q8_k;
+mod repack;
+#[cfg(target_arch = "x86_64")]
+mod repack_x86;
 #[cfg(test)]
 mod testutil;
 #[cfg(target_arch = "x86_64")]
@@ -138,6 +147,7 @@ pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
 pub use q8_1::BlockQ8_1;
 pub use q8_k::BlockQ8K;
+pub use repack::MatArith;
 
 /// Elements per super-block of the K-quants (`QK_K`).
 pub const QK_K: usize = 256;

@@ -774,3 +774,98 @@ fn repacked_kernels_equal_ggml_bit_for_bit() {
         assert!(differs_from_vec_dot > 0, "{ty}: vec_dot equals the GEMV");
     }
 }
+
+/// One ggml MUL_MAT of a `ty` weight (`rows` rows of `k`, the bytes in
+/// `w`) with `n_tok` f32 activations, computed by ggml's CPU backend on
+/// plain (not repacked) memory with 2 threads: tiled from 8 tokens,
+/// vec_dot below. Returns `[n_tok][rows]`.
+fn ggml_mul_mat_plain(ty: GgmlType, k: usize, rows: usize, w: &[u8], x: &[f32]) -> Vec<f32> {
+    use cktrace::ffi;
+    let n_tok = x.len() / k;
+    // SAFETY: a ggml context of its own, tensors allocated in it and
+    // filled within their sizes (ggml_nbytes equals the lengths checked
+    // here), the graph computed, the result copied out, the context freed.
+    unsafe {
+        let ctx = ffi::ggml_init(ffi::ggml_init_params {
+            mem_size: 64 << 20,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: false,
+        });
+        assert!(!ctx.is_null());
+        let wt = ffi::ggml_new_tensor_2d(ctx, ty as u32 as ffi::ggml_type, k as i64, rows as i64);
+        assert_eq!(ffi::ggml_nbytes(wt), w.len());
+        std::ptr::copy_nonoverlapping(w.as_ptr(), (*wt).data.cast::<u8>(), w.len());
+        let xt = ffi::ggml_new_tensor_2d(ctx, ffi::GGML_TYPE_F32, k as i64, n_tok as i64);
+        std::ptr::copy_nonoverlapping(x.as_ptr(), (*xt).data.cast::<f32>(), x.len());
+        let yt = ffi::ggml_mul_mat(ctx, wt, xt);
+        let gf = ffi::ggml_new_graph(ctx);
+        ffi::ggml_build_forward_expand(gf, yt);
+        let st = ffi::ggml_graph_compute_with_ctx(ctx, gf, 2);
+        assert_eq!(st, ffi::GGML_STATUS_SUCCESS);
+        let y = std::slice::from_raw_parts((*yt).data.cast::<f32>(), rows * n_tok).to_vec();
+        ffi::ggml_free(ctx);
+        y
+    }
+}
+
+/// The tiled K-quant matmul (ggml-cpu/tiled, what ggml runs for a prompt
+/// of 8 or more tokens with a K-quant weight it does not repack), on its
+/// narrow (up to 16 tokens per window) and standard paths (256 rows and
+/// 32 tokens make ggml's chunks 32 x 32), against the ck engine's
+/// `MatArith::Tiled` at every level, bit for bit; and below 8 tokens,
+/// ggml's vec_dot against the ck SIMD levels' `mat_vec`.
+#[test]
+fn tiled_kernels_equal_ggml_bit_for_bit() {
+    use cktrace_ck::profile::TILED_MIN_TOKENS;
+    use cktrace_ck::quant::{self, KernelLevel, Kernels, MatArith};
+    ggml_without_amx();
+    let profile = GgmlProfile::detect();
+    if !profile.tiled {
+        eprintln!("ggml has no tiled path on this CPU");
+        return;
+    }
+    let (k, rows) = (1536usize, 256usize);
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        let scalar = Kernels::scalar();
+        let wb = quant::row_bytes(ty, k).unwrap();
+        let xb = quant::row_bytes(GgmlType::Q8_K, k).unwrap();
+        let wf = test_values(3, rows * k);
+        let mut w = vec![0u8; rows * wb];
+        for r in 0..rows {
+            scalar
+                .quantize_row(ty, &wf[r * k..(r + 1) * k], &mut w[r * wb..(r + 1) * wb])
+                .unwrap();
+        }
+        for n_tok in [4usize, TILED_MIN_TOKENS, 32] {
+            let x = test_values(4 + n_tok as u64, n_tok * k);
+            let want = ggml_mul_mat_plain(ty, k, rows, &w, &x);
+            let arith = if n_tok >= TILED_MIN_TOKENS {
+                MatArith::Tiled
+            } else {
+                MatArith::VecDot
+            };
+            for level in KernelLevel::ALL.into_iter().filter(|l| l.available()) {
+                if arith == MatArith::VecDot && level == KernelLevel::Scalar {
+                    continue; // the scalar vec_dot adds in ggml's generic order
+                }
+                let kern = Kernels::new(level).unwrap();
+                for t in 0..n_tok {
+                    let mut xq = vec![0u8; xb];
+                    kern.quantize_row(GgmlType::Q8_K, &x[t * k..(t + 1) * k], &mut xq)
+                        .unwrap();
+                    let mut got = vec![0f32; rows];
+                    kern.mat_vec_as(arith, ty, k, &w, &xq, &mut got).unwrap();
+                    for r in 0..rows {
+                        let e = want[t * rows + r];
+                        assert_eq!(
+                            got[r].to_bits(),
+                            e.to_bits(),
+                            "{ty} {arith} {n_tok} tokens at {level}: row {r} token {t}: ck {} ggml {e}",
+                            got[r]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

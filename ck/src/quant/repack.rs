@@ -43,10 +43,11 @@
 //!   writes that FMA; GCC contracts the VNNI kernel's `add(acc, mul(res,
 //!   da))` into the same instruction).
 //!
-//! The integer sums are the per-type `block_dot`s of the `vec_dot`
-//! kernels (exact), so every [`KernelLevel`](super::KernelLevel) returns
-//! the same bits; the float chain above is one scalar per element at every
-//! level.
+//! The integer sums are exact (the scalar code uses the per-type
+//! `block_dot`s of the `vec_dot` kernels; repack_x86.rs has AVX2 twins for
+//! Q4_0, Q4_K and Q6_K), and the float chain above is the same per element
+//! at every level, so every [`KernelLevel`](super::KernelLevel) returns the
+//! same bits.
 
 use super::q4_0::{self, BlockQ4_0};
 use super::q4_k::{self, BlockQ4K};
@@ -117,12 +118,9 @@ fn dot_repack_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     acc
 }
 
-/// The scaled 4-bit sums of the four 64-value chunks of a super-block
-/// (`sc_2c * dot_2c + sc_2c+1 * dot_2c+1`), by the scalar code or a SIMD
-/// twin.
-type Q4KChunks = fn(&BlockQ4K, &BlockQ8K, &[u8; 8]) -> [i32; 4];
-
-fn q4k_chunk_sums_scalar(w: &BlockQ4K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 4] {
+/// The scaled 4-bit sums of the four 64-value chunks of a super-block:
+/// `sc_2c * dot_2c + sc_2c+1 * dot_2c+1`.
+fn q4k_chunk_sums(w: &BlockQ4K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 4] {
     let mut out = [0i32; 4];
     for (c, o) in out.iter_mut().enumerate() {
         let (mut lo, mut hi) = (0i32, 0i32);
@@ -151,11 +149,11 @@ fn q4k_chunk_mins(x: &BlockQ8K, m: &[u8; 8]) -> [i32; 4] {
 
 /// One row of `ggml_gemv_q4_K_8x8_q8_K`: one FMA pair per super-block.
 #[inline(always)]
-fn dot_repack_q4k_gemv(w: &[BlockQ4K], x: &[BlockQ8K], chunks: Q4KChunks) -> f32 {
+fn dot_repack_q4k_gemv(w: &[BlockQ4K], x: &[BlockQ8K]) -> f32 {
     let (mut acc, mut accm) = (0.0f32, 0.0f32);
     for (a, b) in w.iter().zip(x) {
         let (sc, m) = super::kquant::scales_mins_k4(&a.scales);
-        let sumi: i32 = chunks(a, b, &sc).iter().sum();
+        let sumi: i32 = q4k_chunk_sums(a, b, &sc).iter().sum();
         let summ: i32 = q4k_chunk_mins(b, &m).iter().sum();
         let da = b.d();
         acc = fma(sumi as f32, a.d() * da, acc);
@@ -166,11 +164,11 @@ fn dot_repack_q4k_gemv(w: &[BlockQ4K], x: &[BlockQ8K], chunks: Q4KChunks) -> f32
 
 /// One row of `ggml_gemm_q4_K_8x8_q8_K`: one FMA pair per 64 values.
 #[inline(always)]
-fn dot_repack_q4k_gemm(w: &[BlockQ4K], x: &[BlockQ8K], chunks: Q4KChunks) -> f32 {
+fn dot_repack_q4k_gemm(w: &[BlockQ4K], x: &[BlockQ8K]) -> f32 {
     let (mut acc, mut accm) = (0.0f32, 0.0f32);
     for (a, b) in w.iter().zip(x) {
         let (sc, m) = super::kquant::scales_mins_k4(&a.scales);
-        let sumi = chunks(a, b, &sc);
+        let sumi = q4k_chunk_sums(a, b, &sc);
         let summ = q4k_chunk_mins(b, &m);
         let da = b.d();
         let (s, sm) = (a.d() * da, a.dmin() * da);
@@ -274,18 +272,6 @@ impl Kernels {
             return Ok(());
         }
         let simd = self.level() >= super::KernelLevel::Avx2;
-        #[cfg(target_arch = "x86_64")]
-        let chunks: Q4KChunks = if simd {
-            |w, x, sc| {
-                // SAFETY: a `Kernels` at the AVX2 level or above is the
-                // proof that the CPU has AVX2.
-                unsafe { super::repack_x86::q4k_chunk_sums_avx2(w, x, sc) }
-            }
-        } else {
-            q4k_chunk_sums_scalar
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let chunks: Q4KChunks = q4k_chunk_sums_scalar;
         match (arith, w) {
             #[cfg(target_arch = "x86_64")]
             (MatArith::RepackQ4_0, _) if simd => {
@@ -295,13 +281,28 @@ impl Kernels {
                     super::repack_x86::rows_repack_q4_0(cast(rows), cast(x_q), out, dot_repack_q4_0)
                 }
             }
+            #[cfg(target_arch = "x86_64")]
+            (MatArith::RepackQ4KGemv | MatArith::RepackQ4KGemm, _)
+            | (MatArith::Tiled, GgmlType::Q4_K)
+                if simd =>
+            {
+                use super::repack_x86::Q4KChain;
+                let chain = match arith {
+                    MatArith::RepackQ4KGemv => Q4KChain::Gemv,
+                    MatArith::RepackQ4KGemm => Q4KChain::Gemm,
+                    _ => Q4KChain::Tiled,
+                };
+                // SAFETY: as above.
+                unsafe { super::repack_x86::rows_q4k(cast(rows), cast(x_q), out, chain) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (MatArith::Tiled, GgmlType::Q6_K) if simd => {
+                // SAFETY: as above.
+                unsafe { super::repack_x86::rows_tiled_q6k(cast(rows), cast(x_q), out) }
+            }
             (MatArith::RepackQ4_0, _) => rows_with(rows, x_q, out, dot_repack_q4_0),
-            (MatArith::RepackQ4KGemv, _) => {
-                rows_with(rows, x_q, out, |w, x| dot_repack_q4k_gemv(w, x, chunks))
-            }
-            (MatArith::RepackQ4KGemm, _) => {
-                rows_with(rows, x_q, out, |w, x| dot_repack_q4k_gemm(w, x, chunks))
-            }
+            (MatArith::RepackQ4KGemv, _) => rows_with(rows, x_q, out, dot_repack_q4k_gemv),
+            (MatArith::RepackQ4KGemm, _) => rows_with(rows, x_q, out, dot_repack_q4k_gemm),
             (MatArith::Tiled, GgmlType::Q4_K) => rows_with(rows, x_q, out, dot_tiled_q4k),
             (MatArith::Tiled, GgmlType::Q5_K) => rows_with(rows, x_q, out, dot_tiled_q5k),
             (MatArith::Tiled, _) => rows_with(rows, x_q, out, dot_tiled_q6k),

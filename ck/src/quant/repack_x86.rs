@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 
 use super::q4_0::BlockQ4_0;
 use super::q4_k::BlockQ4K;
+use super::q6_k::BlockQ6K;
 use super::q8_0::BlockQ8_0;
 use super::q8_k::BlockQ8K;
 use super::x86::{bytes_from_nibbles_32, dot_u8i8_lanes, hsum_i32_8, sum4_times};
@@ -83,7 +84,7 @@ pub(crate) unsafe fn rows_repack_q4_0(
 ///
 /// AVX2.
 #[inline(always)]
-pub(crate) unsafe fn q4k_chunk_sums(w: &BlockQ4K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 4] {
+unsafe fn q4k_chunk_sums(w: &BlockQ4K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 4] {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut out = [0i32; 4];
     for c in 0..4 {
@@ -104,14 +105,133 @@ pub(crate) unsafe fn q4k_chunk_sums(w: &BlockQ4K, x: &BlockQ8K, sc: &[u8; 8]) ->
     out
 }
 
-/// [`q4k_chunk_sums`] behind the CPU features, for the scalar-float
-/// drivers in [`super::repack`].
+/// The exact integer parts of one Q4_K super-block against one Q8_K
+/// block: the per-chunk scaled sums ([`q4k_chunk_sums`]) and the mins
+/// term of each chunk (`m_2c * bsum_2c + m_2c+1 * bsum_2c+1`).
 ///
 /// # Safety
 ///
 /// AVX2.
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn q4k_chunk_sums_avx2(w: &BlockQ4K, x: &BlockQ8K, sc: &[u8; 8]) -> [i32; 4] {
-    // SAFETY: this function's features are the helper's.
-    unsafe { q4k_chunk_sums(w, x, sc) }
+#[inline(always)]
+unsafe fn q4k_parts(w: &BlockQ4K, x: &BlockQ8K) -> ([i32; 4], [i32; 4]) {
+    let (sc, m) = super::kquant::scales_mins_k4(&w.scales);
+    let sums = q4k_chunk_sums(w, x, &sc);
+    let mut mins = [0i32; 4];
+    for (c, o) in mins.iter_mut().enumerate() {
+        let b0 = x.bsum(4 * c) as i32 + x.bsum(4 * c + 1) as i32;
+        let b1 = x.bsum(4 * c + 2) as i32 + x.bsum(4 * c + 3) as i32;
+        *o = m[2 * c] as i32 * b0 + m[2 * c + 1] as i32 * b1;
+    }
+    (sums, mins)
+}
+
+/// Which Q4_K float chain [`rows_q4k`] runs (see [`super::repack`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Q4KChain {
+    Gemv,
+    Gemm,
+    Tiled,
+}
+
+/// `out[r]` for each row of Q4_K blocks against one Q8_K activation, with
+/// the float chain `chain`, exactly as the scalar code adds.
+///
+/// # Safety
+///
+/// AVX2, FMA and F16C; `rows.len() == out.len() * x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rows_q4k(rows: &[BlockQ4K], x: &[BlockQ8K], out: &mut [f32], chain: Q4KChain) {
+    let nb = x.len();
+    assert_eq!(rows.len(), nb * out.len(), "repack: rows/blocks mismatch");
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+        let (mut acc, mut accm) = (0.0f32, 0.0f32);
+        for (a, b) in row.iter().zip(x) {
+            let (sums, mins) = q4k_parts(a, b);
+            let da = b.d();
+            match chain {
+                Q4KChain::Gemv => {
+                    let sumi: i32 = sums.iter().sum();
+                    let summ: i32 = mins.iter().sum();
+                    acc = (sumi as f32).mul_add(a.d() * da, acc);
+                    accm = (summ as f32).mul_add(a.dmin() * da, accm);
+                }
+                Q4KChain::Gemm => {
+                    let (s, sm) = (a.d() * da, a.dmin() * da);
+                    for c in 0..4 {
+                        acc = (sums[c] as f32).mul_add(s, acc);
+                        accm = (mins[c] as f32).mul_add(sm, accm);
+                    }
+                }
+                Q4KChain::Tiled => {
+                    let sumi: i32 = sums.iter().sum();
+                    let summ: i32 = mins.iter().sum();
+                    let res = (-a.dmin()).mul_add(summ as f32, sumi as f32 * a.d());
+                    acc = res.mul_add(da, acc);
+                }
+            }
+        }
+        *o = acc - accm;
+    }
+}
+
+/// `sum_i sc_{i/16} * (q_i - 32) * x_i` of one Q6_K super-block, as
+/// ggml's AVX2 `ggml_vec_dot_q6_K_q8_K` forms it (6-bit values unsigned,
+/// `maddubs`, minus `32 * x` pair sums, `madd` with the scales); exact.
+///
+/// # Safety
+///
+/// AVX2.
+#[inline(always)]
+unsafe fn q6k_sumi(w: &BlockQ6K, x: &BlockQ8K) -> i32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_si256();
+    for n in 0..2 {
+        // SAFETY (loads): 32 bytes inside `w.ql`, `w.qh`, `x.qs`; unaligned.
+        let ql0 = _mm256_loadu_si256(w.ql[64 * n..].as_ptr().cast());
+        let ql1 = _mm256_loadu_si256(w.ql[64 * n + 32..].as_ptr().cast());
+        let qh = _mm256_loadu_si256(w.qh[32 * n..].as_ptr().cast());
+        let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4);
+        let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4);
+        let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4);
+        let h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4);
+        let q = [
+            _mm256_or_si256(_mm256_and_si256(ql0, m4), h0),
+            _mm256_or_si256(_mm256_and_si256(ql1, m4), h1),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), h2),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), h3),
+        ];
+        for (i, qv) in q.iter().enumerate() {
+            let y = _mm256_loadu_si256(x.qs[128 * n + 32 * i..].as_ptr().cast());
+            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qv, y), _mm256_maddubs_epi16(m32, y));
+            let s0 = w.scales[8 * n + 2 * i] as i16;
+            let s1 = w.scales[8 * n + 2 * i + 1] as i16;
+            let sc = _mm256_setr_epi16(
+                s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
+            );
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+        }
+    }
+    hsum_i32_8(acc)
+}
+
+/// The tiled Q6_K chain (`res = sumi * dw`, `acc = fma(res, da, acc)` per
+/// super-block) for each row, exactly as the scalar code adds.
+///
+/// # Safety
+///
+/// AVX2, FMA and F16C; `rows.len() == out.len() * x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rows_tiled_q6k(rows: &[BlockQ6K], x: &[BlockQ8K], out: &mut [f32]) {
+    let nb = x.len();
+    assert_eq!(rows.len(), nb * out.len(), "repack: rows/blocks mismatch");
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(nb)) {
+        let mut acc = 0.0f32;
+        for (a, b) in row.iter().zip(x) {
+            let res = q6k_sumi(a, b) as f32 * a.d();
+            acc = res.mul_add(b.d(), acc);
+        }
+        *o = acc;
+    }
 }

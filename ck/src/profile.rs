@@ -66,7 +66,7 @@ impl GgmlProfile {
             let vnni = is_x86_feature_detected!("avx512vnni");
             let avx = is_x86_feature_detected!("avx");
             let tiled_env = std::env::var("GGML_CPU_TILED_MM")
-                .map(|v| v.trim().parse::<i64>().unwrap_or(0) != 0)
+                .map(|v| atoi(&v) != 0)
                 .unwrap_or(true);
             GgmlProfile {
                 repack_x86: avx2,
@@ -132,6 +132,28 @@ impl GgmlProfile {
     }
 }
 
+/// C's `atoi`, as ggml reads its switches: leading white space, an
+/// optional sign, then the digits up to the first other character (none:
+/// 0).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn atoi(s: &str) -> i64 {
+    let s = s.trim_start();
+    let (neg, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut v = 0i64;
+    for b in digits.bytes().take_while(u8::is_ascii_digit) {
+        v = v.saturating_mul(10).saturating_add((b - b'0') as i64);
+    }
+    if neg {
+        -v
+    } else {
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +202,20 @@ mod tests {
             ON.arith(q4k, 49152, 256, WeightBuffer::Embedding, 7, 0),
             VecDot
         );
+    }
+
+    #[test]
+    fn switches_read_like_atoi() {
+        for (s, v) in [
+            ("0", 0),
+            ("1", 1),
+            (" 2x", 2),
+            ("-3", -3),
+            ("on", 0),
+            ("", 0),
+        ] {
+            assert_eq!(atoi(s), v, "{s:?}");
+        }
     }
 
     #[test]

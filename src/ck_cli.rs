@@ -125,6 +125,7 @@ pub fn run(path: &Path, e: &EngineArgs, p: &RunParams, out: &mut dyn Write) -> R
         },
         kernels: e.kernels,
         check_canaries: e.check_canaries,
+        ggml_paths: None,
     };
     let mut engine = Engine::new(path, options).context("starting the ck engine")?;
     let ids = |t: &[i32]| -> Vec<u32> { t.iter().map(|&x| x as u32).collect() };

@@ -33,6 +33,10 @@ pub struct EngineOptions {
     /// Check the arena's canaries after every step (always on in debug
     /// builds).
     pub check_canaries: bool,
+    /// Which of ggml's matmul paths to follow (see [`crate::profile`]);
+    /// `None` follows ggml's default on this CPU. Set it to match a ggml
+    /// run with other settings, e.g. repack off.
+    pub ggml_paths: Option<crate::profile::GgmlProfile>,
 }
 
 /// The plan of `path` under `options`, without allocating anything: what
@@ -102,7 +106,12 @@ impl Engine {
             arena,
             pool,
             kernels,
-            lanes: crate::ops::GgmlLanes::detect(),
+            lanes: crate::ops::GgmlLanes {
+                paths: options
+                    .ggml_paths
+                    .unwrap_or_else(crate::profile::GgmlProfile::detect),
+                ..crate::ops::GgmlLanes::detect()
+            },
             arena_ids,
             arena_ranges,
             canaries,

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod model;
 pub mod ops;
 pub mod pool;
+pub mod profile;
 pub mod quant;
 
 pub use engine::{Engine, EngineOptions};

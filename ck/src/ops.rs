@@ -199,10 +199,15 @@ pub fn store_f32(x: &[f32], dst: &mut [u8]) {
 /// the FMA ggml computes; no FMA instruction is needed to match it. This
 /// follows the CPU, not `--kernels`: every kernel level gives the same
 /// attention.
+///
+/// `paths` is the same kind of fact for the matmuls: which of ggml's CPU
+/// kernels (repacked GEMV/GEMM, tiled, `vec_dot`) each weight goes
+/// through, and so which float order the ck kernels compute for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GgmlLanes {
     pub dot_lanes: usize,
     pub softmax_lanes: usize,
+    pub paths: crate::profile::GgmlProfile,
 }
 
 impl GgmlLanes {
@@ -215,12 +220,14 @@ impl GgmlLanes {
                 return GgmlLanes {
                     dot_lanes: 16,
                     softmax_lanes: if dq { 16 } else { 8 },
+                    paths: crate::profile::GgmlProfile::detect(),
                 };
             }
         }
         GgmlLanes {
             dot_lanes: 8,
             softmax_lanes: 8,
+            paths: crate::profile::GgmlProfile::detect(),
         }
     }
 }

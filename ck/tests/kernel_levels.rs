@@ -47,6 +47,7 @@ fn logits(file: &str, level: KernelLevel) -> Vec<f32> {
         },
         kernels: Some(level),
         check_canaries: true,
+        ggml_paths: None,
     };
     let mut e = Engine::new(&model(file), options).unwrap_or_else(|err| panic!("{file}: {err}"));
     let prompt: Vec<u32> = vec![1, 504, 3458, 282, 260, 4889, 3110, 4089, 281];

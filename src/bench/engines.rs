@@ -154,6 +154,7 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
             },
             kernels: None,
             check_canaries: false,
+            ggml_paths: None,
         },
     )?;
     let gguf = GgufFile::open(&a.model)?;

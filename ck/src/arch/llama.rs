@@ -46,7 +46,8 @@ use crate::layout::{Kind, LayoutOptions, ModelFacts, Plan, Planner, RegionId, We
 use crate::model::ModelFile;
 use crate::ops;
 use crate::pool::Pool;
-use crate::quant::{self, Kernels};
+use crate::profile::WeightBuffer;
+use crate::quant::{self, Kernels, MatArith};
 
 use super::super::engine::Regions;
 
@@ -480,12 +481,17 @@ fn kerr(e: quant::QuantError) -> CkError {
 
 /// The activation buffer quantized for the dot products, remembering what
 /// it holds so that Q/K/V (and gate/up) quantize their shared input once.
-struct ActQ<'a> {
+pub(crate) struct ActQ<'a> {
     buf: &'a mut [u8],
     holds: Option<(usize, usize, GgmlType)>,
 }
 
-impl ActQ<'_> {
+impl<'a> ActQ<'a> {
+    /// An empty cache over `buf` (the plan's `act_q` scratch).
+    pub(crate) fn new(buf: &'a mut [u8]) -> ActQ<'a> {
+        ActQ { buf, holds: None }
+    }
+
     /// Quantizes `n` rows of `k` of `x` to `ty`; returns the row stride.
     fn prepare(
         &mut self,
@@ -513,8 +519,9 @@ impl ActQ<'_> {
     }
 }
 
-/// `out[t] = w x[t]` for the `n` tokens, rows split over the pool.
-fn matmul(
+/// `out[t] = w x[t]` for the `n` tokens, rows split over the pool, for a
+/// weight ggml keeps as a matmul weight (see [`matmul_in`]).
+pub(crate) fn matmul(
     cx: &Cx,
     w: &Mat,
     wdata: &[u8],
@@ -523,9 +530,30 @@ fn matmul(
     aq: &mut ActQ,
     out: &mut [f32],
 ) -> Result<()> {
+    matmul_in(cx, w, wdata, x, n, aq, out, WeightBuffer::Matmul)
+}
+
+/// `out[t] = w x[t]` for the `n` tokens, rows split over the pool, each
+/// token with the float arithmetic of the kernel ggml runs for it on this
+/// machine (`cx.lanes.paths`, decided by the weight's type, shape and
+/// `buffer`, the token count and the token's place in it). ggml's kernels
+/// compute every output element on its own, so splitting the rows over
+/// threads does not change a bit.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_in(
+    cx: &Cx,
+    w: &Mat,
+    wdata: &[u8],
+    x: &[f32],
+    n: usize,
+    aq: &mut ActQ,
+    out: &mut [f32],
+    buffer: WeightBuffer,
+) -> Result<()> {
     let vdt = quant::vec_dot_type(w.ty);
     let qb = aq.prepare(cx.kernels, vdt, x, w.k, n)?;
     let xq: &[u8] = aq.buf;
+    let paths = cx.lanes.paths;
     let err = FirstErr::default();
     cx.pool.par_rows(&mut out[..n * w.rows], n, w.rows, 1, |r| {
         let rows = r.rows();
@@ -534,10 +562,18 @@ fn matmul(
         }
         let wr = &wdata[rows.start * w.row_bytes..rows.end * w.row_bytes];
         for t in 0..n {
-            if let Err(e) =
+            // Which arithmetic ggml computes for this weight and token
+            // (crate::profile); vec_dot's order also covers the pass-size
+            // orders of the float types (tinyBLAS) in mat_vec_in_pass.
+            let arith = paths.arith(w.ty, w.rows, w.k, buffer, n, t);
+            let x_t = &xq[t * qb..(t + 1) * qb];
+            let res = if arith == MatArith::VecDot {
                 cx.kernels
-                    .mat_vec_in_pass(w.ty, w.k, wr, &xq[t * qb..(t + 1) * qb], n, r.token(t))
-            {
+                    .mat_vec_in_pass(w.ty, w.k, wr, x_t, n, r.token(t))
+            } else {
+                cx.kernels.mat_vec_as(arith, w.ty, w.k, wr, x_t, r.token(t))
+            };
+            if let Err(e) = res {
                 err.set(e);
             }
         }
@@ -573,10 +609,7 @@ pub fn forward(m: &Llama, r: &mut Regions<'_>, cx: &Cx, tokens: &[u32], pos: usi
         quant::dequantize_row(m.token_embd.ty, row, &mut inp[t * e..(t + 1) * e]).map_err(kerr)?;
     }
     let mut x: &[f32] = inp;
-    let mut aq = ActQ {
-        buf: r.bytes_mut(m.act_q),
-        holds: None,
-    };
+    let mut aq = ActQ::new(r.bytes_mut(m.act_q));
     let scratch = r.bytes_mut(m.attn_scratch);
     let mut rope = vec![0f32; c.rope.n_dims];
 
@@ -754,6 +787,22 @@ pub fn forward(m: &Llama, r: &mut Regions<'_>, cx: &Cx, tokens: &[u32], pos: usi
     ops::rms_norm(last, f32s(r.bytes(m.output_norm_w)), eps, rn);
     let rn: &[f32] = rn;
     let logits = r.f32_mut(m.result_output);
-    matmul(cx, &m.output, r.bytes(m.output.id), rn, 1, &mut aq, logits)?;
+    // A tied head is the embedding table, which ggml keeps out of the
+    // repack buffer (its first use is GET_ROWS).
+    let head = if c.tied_output {
+        WeightBuffer::Embedding
+    } else {
+        WeightBuffer::Matmul
+    };
+    matmul_in(
+        cx,
+        &m.output,
+        r.bytes(m.output.id),
+        rn,
+        1,
+        &mut aq,
+        logits,
+        head,
+    )?;
     Ok(())
 }

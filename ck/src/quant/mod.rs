@@ -29,6 +29,10 @@
 //!   (each `row_bytes(vec_dot_type(w), k)` bytes, back to back); out is
 //!   column-major by activation: `out[col * n_rows + row]`.
 //! - `dequantize_row(t, src: &[u8], dst: &mut [f32])`.
+//! - `kernels.mat_vec_as(arith: MatArith, w, k, rows, x_q, out)`: `mat_vec`
+//!   with the float order of another ggml kernel (the repacked Q4_0/Q4_K
+//!   GEMV and GEMM, the tiled K-quant matmul; see `repack.rs`), the same
+//!   bits at every level. `crate::profile` says which one ggml runs.
 //!
 //! Return types: `vec_dot` returns the `f32` and panics (with a message
 //! naming the operation and the wrong length) if the slices do not match
@@ -65,19 +69,23 @@
 //!   `ck/tests/kernel_levels.rs`). Checked bit for bit against the pinned
 //!   build's `ggml_vec_dot_*` (native, Zen 4), the kernels return ggml's
 //!   bits for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K.
-//!   (llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV and
-//!   GEMM for them, so those results are close to, not equal to, these.)
+//!   llama.cpp itself repacks Q4_0/Q4_K weights and runs its own GEMV and
+//!   GEMM for them: [`Kernels::mat_vec_as`] (repack.rs) computes those
+//!   orders, bit for bit too, and `crate::profile` decides per weight and
+//!   token which one ggml takes.
 //! * ggml's arithmetic also depends on the size of the pass: for two or
 //!   more tokens it hands F32/F16/BF16 (and Q4_0/Q5_0/Q8_0) matmuls to
 //!   llamafile's tinyBLAS, and for eight or more tokens Q5_K/Q6_K (and the
 //!   other K-quants, when not repacked) to its "tiled" kernels. Q8_0's
 //!   tinyBLAS has `vec_dot`'s float order already (one FMA of `d_w * d_x`
 //!   per block into eight lanes, then `hsum_float_8`); the others differ,
-//!   and [`Kernels::mat_vec_in_pass`] follows them: tinyBLAS's float
-//!   kernels (one accumulator of 16 or 8 lanes per output, masked tail,
-//!   lane sum; `vdpbf16ps` for BF16) and the tiled kernels' per-block
-//!   `fnmadd(dmin, s2, d * s1)` then `fma(r, x.d, acc)`
-//!   ([`TILED_MIN_TOKENS`]). With it the ck engine gives ggml's logits bit
+//!   and the ck engine follows them: [`Kernels::mat_vec_in_pass`] computes
+//!   tinyBLAS's float kernels (one accumulator of 16 or 8 lanes per
+//!   output, masked tail, lane sum; `vdpbf16ps` for BF16), and
+//!   [`Kernels::mat_vec_as`] with `MatArith::Tiled` the tiled kernels'
+//!   per-block `fnmadd(dmin, s2, d * s1)` then `fma(r, x.d, acc)` (when
+//!   `crate::profile` says ggml takes them: [`TILED_MIN_TOKENS`] or more
+//!   tokens, weights not repacked, `GGML_CPU_TILED_MM` not 0). With it the ck engine gives ggml's logits bit
 //!   for bit on SmolLM2 Q5_K_M and BF16, teacher-forced over 256 steps
 //!   with a batched prompt (max NMSE 0). Q5_1 has no tinyBLAS or tiled
 //!   kernel.
@@ -151,6 +159,9 @@ mod q6_k;
 mod q8_0;
 mod q8_1;
 mod q8_k;
+mod repack;
+#[cfg(target_arch = "x86_64")]
+mod repack_x86;
 #[cfg(test)]
 mod testutil;
 #[cfg(target_arch = "x86_64")]
@@ -169,6 +180,7 @@ pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
 pub use q8_1::BlockQ8_1;
 pub use q8_k::BlockQ8K;
+pub use repack::MatArith;
 
 /// Elements per super-block of the K-quants (`QK_K`).
 pub const QK_K: usize = 256;
@@ -773,13 +785,6 @@ impl Kernels {
                 GgmlType::BF16 => bf16::mat_vec_pass(kern, true, cast(rows), cast(x_q), out),
                 GgmlType::F16 => f16::mat_vec_gemm(kern, cast(rows), cast(x_q), out),
                 _ => f32::mat_vec_gemm(kern, cast(rows), cast(x_q), out),
-            }
-            return Ok(());
-        }
-        if n_tokens >= TILED_MIN_TOKENS && matches!(w, GgmlType::Q5_K | GgmlType::Q6_K) {
-            match w {
-                GgmlType::Q5_K => q5_k::mat_vec_tiled(kern, cast(rows), cast(x_q), out),
-                _ => q6_k::mat_vec_tiled(kern, cast(rows), cast(x_q), out),
             }
             return Ok(());
         }

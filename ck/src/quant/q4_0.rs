@@ -66,7 +66,6 @@ pub(crate) fn dequantize_row(src: &[BlockQ4_0], dst: &mut [f32]) {
 }
 
 /// The exact integer dot product of one block pair.
-#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ4_0, x: &BlockQ8_0) -> i32 {
     let mut sum = 0i32;

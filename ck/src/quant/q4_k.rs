@@ -141,7 +141,6 @@ pub(crate) fn dequantize_row(src: &[BlockQ4K], dst: &mut [f32]) {
 /// The exact integer parts of one super-block's dot product:
 /// `(sum_j sc_j * sum_i q_i * x_i, sum_j m_j * (bsum_2j + bsum_2j+1))`;
 /// the block's value is `d * x.d * first - dmin * x.d * second`.
-#[cfg(test)]
 #[inline(always)]
 pub(crate) fn block_dot(w: &BlockQ4K, x: &BlockQ8K) -> (i32, i32) {
     let (sc, m) = scales_mins_k4(&w.scales);

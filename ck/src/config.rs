@@ -383,21 +383,16 @@ fn gemma3_params(
             Some(crate::gguf::GgufValue::Array(a)) => {
                 use crate::gguf::GgufArray as A;
                 let v: Vec<bool> = match a {
+                    // The element types llama.cpp's get_arr takes here.
                     A::Bool(v) => v.clone(),
-                    A::U8(v) => v.iter().map(|&x| x != 0).collect(),
-                    A::I8(v) => v.iter().map(|&x| x != 0).collect(),
-                    A::U16(v) => v.iter().map(|&x| x != 0).collect(),
-                    A::I16(v) => v.iter().map(|&x| x != 0).collect(),
                     A::U32(v) => v.iter().map(|&x| x != 0).collect(),
                     A::I32(v) => v.iter().map(|&x| x != 0).collect(),
-                    A::U64(v) => v.iter().map(|&x| x != 0).collect(),
-                    A::I64(v) => v.iter().map(|&x| x != 0).collect(),
                     _ => {
                         return Err(bad(
                             path,
                             &pattern_key,
                             "an array of that type",
-                            "must be per-layer booleans or integers",
+                            "must be per-layer bool, u32 or i32",
                         ))
                     }
                 };
@@ -416,7 +411,7 @@ fn gemma3_params(
                     None => 6,
                     Some(_) => g.get_u64(&pattern_key)? as usize,
                 };
-                (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
+                swa_pattern(n, n_layer)
             }
         }
     };
@@ -465,6 +460,13 @@ fn gemma3_params(
     })
 }
 
+/// `llama_hparams::set_swa_pattern(n, dense_first = false)`: layer `il`
+/// has the window iff `il % n < n - 1` (the last of every `n` is global);
+/// `n = 0` puts every layer in the window.
+fn swa_pattern(n: usize, n_layer: usize) -> Vec<bool> {
+    (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
+}
+
 fn bad(path: &Path, key: &str, value: &str, why: &str) -> CkError {
     CkError::BadValue {
         path: path.to_path_buf(),
@@ -477,4 +479,21 @@ fn bad(path: &Path, key: &str, value: &str, why: &str) -> CkError {
 /// A missing key as the reader reports it (used by tests).
 pub fn is_missing_key(e: &CkError, key: &str) -> bool {
     matches!(e, CkError::Gguf(GgufError::MissingKey { key: k, .. }) if k == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swa_pattern_is_llama_cpps() {
+        let globals = |n, l| -> Vec<usize> {
+            let p = swa_pattern(n, l);
+            (0..l).filter(|&i| !p[i]).collect()
+        };
+        assert_eq!(globals(6, 18), vec![5, 11, 17]);
+        assert_eq!(globals(6, 26), vec![5, 11, 17, 23]);
+        assert_eq!(globals(1, 4), vec![0, 1, 2, 3]);
+        assert_eq!(globals(0, 4), Vec::<usize>::new());
+    }
 }

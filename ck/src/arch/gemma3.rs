@@ -644,13 +644,13 @@ fn attention(
                         *d = round(x * q_scale);
                     }
                     sc[start..lo].fill(f32::NEG_INFINITY);
-                    for j in lo..n_kv {
+                    for (j, s) in (lo..n_kv).zip(&mut sc[lo..n_kv]) {
                         widen(kc, j * kd + g * hd, kf);
-                        sc[j] = dot(kf, qf) * kq_scale;
+                        *s = dot(kf, qf) * kq_scale;
                     }
                     ops::softmax_ggml(lanes.softmax_lanes, &mut sc[start..n_kv]);
-                    for j in start..n_kv {
-                        pr[j] = round(sc[j]);
+                    for (p, &x) in pr[start..n_kv].iter_mut().zip(&sc[start..n_kv]) {
+                        *p = round(x);
                     }
                     pr[n_kv..n_pad].fill(0.0);
                     vf[n_kv..n_pad].fill(0.0);

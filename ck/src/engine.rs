@@ -206,6 +206,7 @@ impl Engine {
     pub fn logits(&self) -> &[f32] {
         let id = match &self.model {
             arch::Model::Llama(m) => m.result_output,
+            arch::Model::Gemma3(m) => m.result_output,
         };
         f32s(&self.arena.bytes()[self.plan.entry(id).range()])
     }
@@ -235,6 +236,7 @@ impl Engine {
         };
         match &self.model {
             arch::Model::Llama(m) => arch::llama::forward(m, &mut regions, &cx, tokens, pos)?,
+            arch::Model::Gemma3(m) => arch::gemma3::forward(m, &mut regions, &cx, tokens, pos)?,
         }
         drop(regions);
         if cfg!(debug_assertions) || self.check_canaries {

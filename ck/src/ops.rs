@@ -13,6 +13,8 @@
 //! - GELU goes through ggml's f16 table (`GGML_GELU_FP16`): the input is
 //!   rounded to f16, the tanh GELU of that value is rounded to f16 again;
 //!   inputs at or beyond +-10 short-circuit as in `ggml_vec_gelu_f32`.
+//!   [`geglu_ggml`] builds the table as the pinned build's compiler does
+//!   (one FMA); [`gelu`]/[`geglu`] round one entry of the 65536 otherwise.
 
 use half::f16;
 
@@ -156,6 +158,62 @@ pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
             g * u
         } else {
             gelu(g) * u
+        };
+    }
+}
+
+/// `out[i] = x[i] * s` (ggml's `scale` without bias, or `mul` by a
+/// broadcast scalar: one rounding per element).
+pub fn scale(x: &[f32], s: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v * s;
+    }
+}
+
+/// Soft-capping in place: `x = cap * tanh(x * (1 / cap))`, as llama.cpp
+/// builds it (`ggml_scale`, `ggml_tanh` = `tanhf`, `ggml_scale`).
+pub fn softcap(cap: f32, x: &mut [f32]) {
+    let inv = 1.0f32 / cap;
+    for v in x.iter_mut() {
+        *v = (*v * inv).tanh() * cap;
+    }
+}
+
+/// ggml's `ggml_table_gelu_f16`, the table `GGML_GELU_FP16` looks GELU up
+/// in: for every f16 value `x`, `ggml_gelu_f32(x)` rounded to f16, as the
+/// pinned build computes it. GCC contracts `1.0f + GELU_COEF_A*x*x` into
+/// `fma(GELU_COEF_A*x, x, 1.0f)` there (seen in the object code of
+/// `ggml_cpu_init`), which [`gelu`] does not do; the two tables differ at
+/// one entry (x = -1.9990234).
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const GELU_COEF_A: f32 = 0.044715;
+        (0..=u16::MAX)
+            .map(|bits| {
+                let x = f16::from_bits(bits).to_f32();
+                let inner = (GELU_COEF_A * x).mul_add(x, 1.0);
+                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh());
+                f16::from_f32(g).to_f32()
+            })
+            .collect()
+    })
+}
+
+/// `out[i] = gelu(gate[i]) * up[i]` as ggml's `ggml_vec_geglu_f32` with
+/// `GGML_GELU_FP16` computes it on the pinned build: 0 at or below -10,
+/// `gate * up` at or above 10, else the f16 table entry of `gate` (rounded
+/// to nearest even) times `up`.
+pub fn geglu_ggml(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let table = gelu_table();
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = if g <= -10.0 {
+            0.0
+        } else if g >= 10.0 {
+            g * u
+        } else {
+            table[f16::from_f32(g).to_bits() as usize] * u
         };
     }
 }
@@ -503,6 +561,36 @@ mod tests {
             softmax_ggml(l, &mut x);
             assert!((x.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn ggml_geglu_table_is_the_contracted_tanh_gelu() {
+        let t = gelu_table();
+        let mut differ = Vec::new();
+        for bits in 0..=u16::MAX {
+            let x = f16::from_bits(bits).to_f32();
+            if x.is_finite() && x > -10.0 && x < 10.0 && t[bits as usize] != gelu(x) {
+                differ.push(x);
+            }
+        }
+        // The FMA ggml's compiler forms changes one rounding to f16.
+        assert_eq!(differ, vec![-1.9990234]);
+        let mut o = [0f32; 4];
+        geglu_ggml(&[-11.0, 12.0, 0.0, 1.0], &[2.0, 3.0, 4.0, 2.0], &mut o);
+        assert_eq!(&o[..3], &[0.0, 36.0, 0.0]);
+        assert!((o[3] - 2.0 * 0.8413).abs() < 4e-3, "{}", o[3]);
+    }
+
+    #[test]
+    fn scale_and_softcap() {
+        let mut o = [0f32; 2];
+        scale(&[1.5, -2.0], 4.0, &mut o);
+        assert_eq!(o, [6.0, -8.0]);
+        let mut x = [0.0f32, 1.0, 1000.0, -1000.0];
+        softcap(30.0, &mut x);
+        assert_eq!(x[0], 0.0);
+        assert!((x[1] - 30.0 * (1.0f32 / 30.0).tanh()).abs() < 1e-6);
+        assert_eq!((x[2], x[3]), (30.0, -30.0));
     }
 
     #[test]

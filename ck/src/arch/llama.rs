@@ -113,20 +113,20 @@ pub struct Llama {
 /// Per-thread attention scratch, each part 64-byte aligned: scores and
 /// probabilities `[ctx]`, one V row widened to f32 `[ctx]`, one K row and
 /// the query head (as the cache type rounds it) `[head_dim]`, all f32.
-fn attn_scratch_parts(c: &Config, o: &LayoutOptions) -> [usize; 5] {
+pub(crate) fn attn_scratch_parts(c: &Config, o: &LayoutOptions) -> [usize; 5] {
     let a = |x: usize| x.div_ceil(64) * 64;
     let hd = c.head_dim.max(c.head_dim_v);
     let n = o.ctx.div_ceil(64) * 64;
     [a(n * 4), a(n * 4), a(n * 4), a(hd * 4), a(hd * 4)]
 }
 
-struct Tensors<'f> {
-    file: &'f ModelFile,
-    used: HashSet<String>,
+pub(crate) struct Tensors<'f> {
+    pub(crate) file: &'f ModelFile,
+    pub(crate) used: HashSet<String>,
 }
 
 impl<'f> Tensors<'f> {
-    fn get(&mut self, name: &str, shape: &[usize]) -> Result<&'f TensorInfo> {
+    pub(crate) fn get(&mut self, name: &str, shape: &[usize]) -> Result<&'f TensorInfo> {
         let t = self.file.gguf().require_tensor(name)?;
         let expected: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         if t.dims != expected {
@@ -142,7 +142,7 @@ impl<'f> Tensors<'f> {
     }
 
     /// A 1-D f32 weight (norms).
-    fn vector(&mut self, name: &str, n: usize) -> Result<&'f TensorInfo> {
+    pub(crate) fn vector(&mut self, name: &str, n: usize) -> Result<&'f TensorInfo> {
         let t = self.get(name, &[n])?;
         if t.ggml_type != GgmlType::F32 {
             return Err(self.unsupported(t, "a norm weight", "f32".into()));
@@ -152,7 +152,7 @@ impl<'f> Tensors<'f> {
 
     /// A matrix of `rows` rows of `k`, of a type the kernels multiply
     /// (`for_rows`: only dequantized row by row, as the embedding table).
-    fn matrix(
+    pub(crate) fn matrix(
         &mut self,
         name: &str,
         k: usize,
@@ -170,7 +170,12 @@ impl<'f> Tensors<'f> {
         Ok(t)
     }
 
-    fn unsupported(&self, t: &TensorInfo, role: &'static str, supported: String) -> CkError {
+    pub(crate) fn unsupported(
+        &self,
+        t: &TensorInfo,
+        role: &'static str,
+        supported: String,
+    ) -> CkError {
         CkError::UnsupportedType {
             path: self.file.path().to_path_buf(),
             name: t.name.clone(),
@@ -182,7 +187,7 @@ impl<'f> Tensors<'f> {
 }
 
 /// Places a weight: in the file, or copied into the arena.
-fn place(
+pub(crate) fn place(
     p: &mut Planner,
     o: &LayoutOptions,
     t: &TensorInfo,
@@ -208,7 +213,12 @@ fn place(
     }
 }
 
-fn mat(p: &mut Planner, o: &LayoutOptions, t: &TensorInfo, layer: Option<u32>) -> Result<Mat> {
+pub(crate) fn mat(
+    p: &mut Planner,
+    o: &LayoutOptions,
+    t: &TensorInfo,
+    layer: Option<u32>,
+) -> Result<Mat> {
     let k = t.dims[0] as usize;
     Ok(Mat {
         id: place(p, o, t, layer)?,
@@ -461,13 +471,13 @@ pub struct Cx<'e> {
 /// The first error a pool job hit (kernels check lengths; with the shapes
 /// checked at load none should fire).
 #[derive(Default)]
-struct FirstErr(OnceLock<String>);
+pub(crate) struct FirstErr(OnceLock<String>);
 
 impl FirstErr {
-    fn set(&self, e: impl ToString) {
+    pub(crate) fn set(&self, e: impl ToString) {
         let _ = self.0.set(e.to_string());
     }
-    fn check(self) -> Result<()> {
+    pub(crate) fn check(self) -> Result<()> {
         match self.0.into_inner() {
             Some(e) => Err(CkError::Kernels(e)),
             None => Ok(()),
@@ -475,15 +485,15 @@ impl FirstErr {
     }
 }
 
-fn kerr(e: quant::QuantError) -> CkError {
+pub(crate) fn kerr(e: quant::QuantError) -> CkError {
     CkError::Kernels(e.to_string())
 }
 
 /// The activation buffer quantized for the dot products, remembering what
 /// it holds so that Q/K/V (and gate/up) quantize their shared input once.
 pub(crate) struct ActQ<'a> {
-    buf: &'a mut [u8],
-    holds: Option<(usize, usize, GgmlType)>,
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) holds: Option<(usize, usize, GgmlType)>,
 }
 
 impl<'a> ActQ<'a> {
@@ -493,7 +503,7 @@ impl<'a> ActQ<'a> {
     }
 
     /// Quantizes `n` rows of `k` of `x` to `ty`; returns the row stride.
-    fn prepare(
+    pub(crate) fn prepare(
         &mut self,
         kernels: &Kernels,
         ty: GgmlType,
@@ -581,7 +591,7 @@ pub(crate) fn matmul_in(
     err.check()
 }
 
-fn rms_rows(x: &[f32], w: &[f32], eps: f32, n: usize, out: &mut [f32]) {
+pub(crate) fn rms_rows(x: &[f32], w: &[f32], eps: f32, n: usize, out: &mut [f32]) {
     let e = w.len();
     for t in 0..n {
         ops::rms_norm(&x[t * e..(t + 1) * e], w, eps, &mut out[t * e..(t + 1) * e]);

@@ -139,13 +139,14 @@ fn parity(path: &Path, mut options: EngineOptions, repack: bool) -> Report {
 }
 
 /// What a model must reach. `Acceptance` is issue 12's bound; `Gap` is a
-/// looser bound for the pairs where the ggml engine computes different
-/// arithmetic than the ck kernels do today (BF16, where ggml uses
-/// `vdpbf16ps`; an f32 KV cache against ggml's f16 one): tiny differences
-/// there are amplified, layer after layer, by the rounding of the quantized
-/// activations (ggml with repack against ggml without it differs by NMSE
-/// 1e-3..2e-2 per step on these models), so the test holds these to "the
-/// same model" rather than to bit parity, and prints the figures.
+/// looser bound for the one pair where the two engines compute different
+/// things on purpose: the ck engine's f32 KV cache (`--kv-type f32`)
+/// against ggml's f16 one. Tiny differences are amplified, layer after
+/// layer, by the rounding of the quantized activations (ggml with repack
+/// against ggml without it differs by NMSE 1e-3..2e-2 per step on these
+/// models), so that pair is held to "the same model" and its figures are
+/// printed; every other pair computes ggml's arithmetic and is held to the
+/// acceptance bound.
 #[derive(Clone, Copy)]
 enum Bound {
     Acceptance,

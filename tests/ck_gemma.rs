@@ -31,7 +31,7 @@ use cktrace_ck::profile::GgmlProfile;
 use cktrace_ck::{Engine, EngineOptions};
 
 mod common;
-use common::{model, run, scratch, stderr, stdout};
+use common::{argmax, ggml_without_amx, model, nmse, run, scratch, stderr, stdout};
 
 /// Teacher-forced steps (step 0 is the prompt).
 const STEPS: usize = 700;
@@ -45,25 +45,6 @@ const LONG_PROMPT: &str = "The history of the printing press begins in";
 const TILED_MIN_ROWS: usize = 8;
 const MAX_NMSE: f64 = 1e-4;
 const MIN_TOP1: f64 = 0.99;
-
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (x as f64).powi(2);
-    }
-    num / den
-}
-
-fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
-}
 
 /// One ggml run at a time: llama.cpp's backend is process-wide and the
 /// machine has few cores.
@@ -82,23 +63,6 @@ fn opts() -> EngineOptions {
         check_canaries: true,
         ggml_paths: None,
     }
-}
-
-/// Hides AMX from ggml for this whole test process, as tests/ck_parity.rs
-/// does and for the same reason: on a CPU with AMX tiles ggml's default
-/// computes the Q4_K/Q6_K/Q8_0 weights with AMX kernels, whose float order
-/// the ck engine does not reproduce; hidden, they take the CPU_REPACK /
-/// vec_dot / tiled paths of every machine without AMX. Called before every
-/// llama.cpp call of this binary; the `Once` makes the others wait.
-fn ggml_without_amx() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let amx = std::fs::read_to_string("/proc/cpuinfo")
-            .is_ok_and(|s| s.split_whitespace().any(|w| w == "amx_tile"));
-        if amx {
-            std::env::set_var("GGML_CPU_NO_AMX", "1");
-        }
-    });
 }
 
 struct Report {

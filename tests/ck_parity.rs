@@ -27,7 +27,7 @@ use cktrace_ck::profile::GgmlProfile;
 use cktrace_ck::{Engine, EngineOptions};
 
 mod common;
-use common::model;
+use common::{argmax, ggml_without_amx, model, nmse};
 
 /// Teacher-forced steps per model (step 0 is the prompt).
 const STEPS: usize = 256;
@@ -42,49 +42,9 @@ struct Report {
     worst_step: usize,
 }
 
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (x as f64).powi(2);
-    }
-    num / den
-}
-
-fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 /// One ggml run at a time: llama.cpp's backend is process-wide and the
 /// machine has few cores.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Hides AMX from ggml for this whole test process, once, before the first
-/// llama.cpp call (ggml reads `GGML_CPU_NO_AMX` when the CPU backend
-/// registers). Why: on a CPU with AMX tiles ggml's default puts Q4_0,
-/// Q4_1, Q8_0, Q4_K and Q6_K weights in the AMX buffer and computes them
-/// with AMX kernels, whose float order the ck engine does not reproduce;
-/// with AMX hidden those weights take the CPU_REPACK / vec_dot / tiled
-/// paths every machine without AMX takes, which the ck engine computes bit
-/// for bit. Every test here that touches llama.cpp calls this first, and
-/// the `Once` makes the others wait, so no thread reads the environment
-/// while it is set.
-fn ggml_without_amx() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let amx = std::fs::read_to_string("/proc/cpuinfo")
-            .is_ok_and(|s| s.split_whitespace().any(|w| w == "amx_tile"));
-        if amx {
-            std::env::set_var("GGML_CPU_NO_AMX", "1");
-        }
-    });
-}
 
 fn parity(path: &Path, mut options: EngineOptions, repack: bool) -> Report {
     ggml_without_amx();

@@ -75,3 +75,44 @@ pub fn cpu_has_amx() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
         .is_ok_and(|s| s.split_whitespace().any(|w| w == "amx_tile"))
 }
+
+/// NMSE as llama.cpp's test-backend-ops defines it: sum((a-b)^2) / sum(a^2),
+/// with `a` the reference (the ggml engine's logits).
+pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (x as f64).powi(2);
+    }
+    num / den
+}
+
+/// Index of the largest value (the first, on ties): a greedy choice.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Hides AMX from ggml for this whole test process, once, before the first
+/// llama.cpp call (ggml reads `GGML_CPU_NO_AMX` when the CPU backend
+/// registers). For the tests that hold the ck engine to ggml: on a CPU with
+/// AMX tiles ggml's default puts Q4_0, Q4_1, Q8_0, Q4_K and Q6_K weights in
+/// the AMX buffer and computes them with AMX kernels, whose float order the
+/// ck engine does not reproduce; with AMX hidden those weights take the
+/// CPU_REPACK / vec_dot / tiled paths every machine without AMX takes,
+/// which the ck engine computes bit for bit. A binary that uses it calls it
+/// before every llama.cpp call, and the `Once` makes the others wait, so
+/// no thread reads the environment while it is set.
+pub fn ggml_without_amx() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if cpu_has_amx() {
+            std::env::set_var("GGML_CPU_NO_AMX", "1");
+        }
+    });
+}

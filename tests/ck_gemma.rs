@@ -214,31 +214,9 @@ fn parity_gemma3_long_prompt() {
     check(false, LONG_PROMPT, 128);
 }
 
-/// The generated text of `cktrace run --engine ck -p Hello -n 32
-/// --ignore-eos ARGS` (the timing line removed).
+/// `cktrace run gemma3 --engine ck -p Hello -n 32 --ignore-eos ARGS`.
 fn ck_text(args: &[&str]) -> String {
-    let m = model("gemma3");
-    let mut a = vec![
-        "run",
-        m.to_str().unwrap(),
-        "--engine",
-        "ck",
-        "-p",
-        "Hello",
-        "-n",
-        "32",
-        "--ignore-eos",
-    ];
-    a.extend_from_slice(args);
-    let o = run(&a);
-    assert!(o.status.success(), "run {args:?}: {}", stderr(&o));
-    let out = stdout(&o);
-    let (text, timing) = out
-        .trim_end()
-        .rsplit_once('\n')
-        .expect("text and a timing line");
-    assert!(timing.starts_with("prompt: "), "{timing}");
-    text.to_string()
+    common::ck_text("gemma3", args)
 }
 
 #[test]

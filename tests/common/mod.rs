@@ -116,3 +116,32 @@ pub fn ggml_without_amx() {
         }
     });
 }
+
+/// The generated text of `cktrace run --engine ck -p Hello -n 32
+/// --ignore-eos ARGS` (the timing line removed; SmolLM2 Q4_1 answers
+/// "Hello." and stops, so the end token is passed over to compare 32).
+pub fn ck_text(model_name: &str, args: &[&str]) -> String {
+    let m = model(model_name);
+    let mut a = vec![
+        "run",
+        m.to_str().unwrap(),
+        "--engine",
+        "ck",
+        "-p",
+        "Hello",
+        "-n",
+        "32",
+        "--ignore-eos",
+    ];
+    a.extend_from_slice(args);
+    let o = run(&a);
+    assert!(o.status.success(), "run {args:?}: {}", stderr(&o));
+    let out = stdout(&o);
+    let (text, timing) = out
+        .trim_end()
+        .rsplit_once('\n')
+        .expect("text and a timing line");
+    assert!(timing.starts_with("prompt: "), "{timing}");
+    assert!(timing.contains("tok/s"), "{timing}");
+    text.to_string()
+}

@@ -31,3 +31,4 @@ pub fn trace_root() -> std::path::PathBuf {
 pub mod models;
 pub mod stop;
 pub mod testmodel;
+pub mod tsc;

@@ -33,6 +33,7 @@ use cktrace_tracer::{
 use crate::ffi;
 use crate::generate::StepHook;
 use crate::llama::{self, Model};
+use crate::tsc::{self, Calibration, Clock, ClockKind};
 
 // Step state, written by the thread that calls llama_decode before each step
 // and read by the workers inside the hook.
@@ -90,7 +91,8 @@ fn memo_slot(node: usize, src: usize) -> usize {
 /// except for the runtime map, which has its own lock.
 struct HookState {
     generation: u64,
-    start_mono_ns: u64,
+    /// Converts the trace points' clock readings to record times.
+    clock: Arc<Calibration>,
     /// Per id: layer and whether the copy read is repacked.
     info: Vec<(i16, bool)>,
     /// Per weight id: its name as ggml spells it, padded to the record field.
@@ -403,6 +405,7 @@ unsafe extern "C" fn ggml_trace_hook(
         phase: PHASE.load(Ordering::Relaxed),
     };
     let stamp = node_stamp(st.generation);
+    let clock = st.clock.clock();
     let done = MEMO
         .try_with(|m| {
             let Ok(mut m) = m.try_borrow_mut() else {
@@ -436,7 +439,7 @@ unsafe extern "C" fn ggml_trace_hook(
                         }
                         s.push(slot.template);
                         if let Some(r) = s.last_mut() {
-                            fill(r, ev, &step, slot.off, st.start_mono_ns);
+                            fill(r, ev, &step, slot.off, &clock);
                         }
                     }
                 });
@@ -465,7 +468,7 @@ unsafe extern "C" fn ggml_trace_hook(
                         node_word.store(stamp, Ordering::Relaxed);
                     }
                     w.push_with(&slot.template, |r| {
-                        fill(r, ev, &step, slot.off, st.start_mono_ns)
+                        fill(r, ev, &step, slot.off, &clock)
                     });
                 }
                 // An event without its tensors cannot become a record; count
@@ -489,7 +492,7 @@ unsafe extern "C" fn ggml_trace_hook(
             }
             // SAFETY: non-null and live for the call (see above).
             let m = st.memo(ev, unsafe { &*ev.src }, stamp);
-            sink::record_with(&m.template, |r| fill(r, ev, &step, m.off, st.start_mono_ns));
+            sink::record_with(&m.template, |r| fill(r, ev, &step, m.off, &clock));
         }
     }
 }
@@ -504,9 +507,9 @@ struct Step {
 
 /// Complete a record from its node's template: what this event did.
 #[inline(always)]
-fn fill(r: &mut TraceRecord, ev: &ffi::ggml_cpu_trace_event, s: &Step, off: u64, start_ns: u64) {
-    r.t_ns = ev.t0_ns.saturating_sub(start_ns);
-    r.dur_ns = ev.t1_ns.saturating_sub(ev.t0_ns).min(u32::MAX as u64) as u32;
+fn fill(r: &mut TraceRecord, ev: &ffi::ggml_cpu_trace_event, s: &Step, off: u64, clock: &Clock) {
+    r.t_ns = clock.ns(ev.t0_ns);
+    r.dur_ns = clock.dur(ev.t0_ns, ev.t1_ns).min(u32::MAX as u64) as u32;
     r.step = s.step;
     r.pos = s.pos;
     r.n_tokens = s.n_tokens;
@@ -623,6 +626,7 @@ pub struct TraceSession {
     sink: Arc<TraceSink>,
     registry: Arc<Mutex<Registry>>,
     state: *mut HookState,
+    clock: Arc<Calibration>,
     /// Weights whose padding carries a tag, to clear at the end.
     tagged: Vec<usize>,
     n_weights: usize,
@@ -671,9 +675,18 @@ impl TraceSession {
             },
             Ordering::Relaxed,
         );
+        // The TSC where it is invariant (see tsc.rs); the patched ggml says
+        // whether it can read it. Calibrating spins for 2 ms, before any
+        // step is timed.
+        let mut kind = tsc::choose();
+        // SAFETY: sets a flag the trace points read; no decode is running.
+        if kind == ClockKind::Tsc && !unsafe { ffi::ggml_cpu_set_trace_tsc(true) } {
+            kind = ClockKind::Monotonic;
+        }
+        let clock = Arc::new(Calibration::new(kind, sink.start_mono_ns()));
         let state = Box::into_raw(Box::new(HookState {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
-            start_mono_ns: sink.start_mono_ns(),
+            clock: clock.clone(),
             info,
             registry: registry.clone(),
             runtime: Mutex::new(FxHashMap::default()),
@@ -706,6 +719,7 @@ impl TraceSession {
             sink,
             registry,
             state,
+            clock,
             tagged: structs,
             n_weights,
             registry_saved: 0,
@@ -771,6 +785,7 @@ impl TraceSession {
         unsafe {
             ffi::ggml_cpu_set_trace_hook(None);
             ffi::ggml_cpu_set_trace_ops(false);
+            ffi::ggml_cpu_set_trace_tsc(false);
         }
         let st = STATE.swap(std::ptr::null_mut(), Ordering::AcqRel);
         sink::uninstall();
@@ -785,6 +800,7 @@ impl TraceSession {
         self.save_registry()?;
         meta.records = stats.written;
         meta.dropped = stats.dropped;
+        meta.trace_clock = self.clock.kind().name().into();
         write_json(&self.dir.join("meta.json"), &meta)?;
         Ok(stats)
     }
@@ -798,6 +814,7 @@ impl Drop for TraceSession {
             unsafe {
                 ffi::ggml_cpu_set_trace_hook(None);
                 ffi::ggml_cpu_set_trace_ops(false);
+                ffi::ggml_cpu_set_trace_tsc(false);
             }
             let st = STATE.swap(std::ptr::null_mut(), Ordering::AcqRel);
             if let Some(s) = sink::uninstall() {
@@ -814,6 +831,9 @@ impl Drop for TraceSession {
 
 impl StepHook for TraceSession {
     fn before(&mut self, step: u32, pos: i32, tokens: &[i32]) {
+        // No worker is in the hook between steps: move the clock's base to
+        // now, with the slope measured over the whole trace so far.
+        self.clock.reanchor();
         STEP.store(step, Ordering::Relaxed);
         POS.store(pos, Ordering::Relaxed);
         NTOK.store(tokens.len() as u32, Ordering::Relaxed);

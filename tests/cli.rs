@@ -1318,3 +1318,60 @@ fn the_ck_engine_stops_cleanly_too() {
     let st = child.0.wait().unwrap();
     assert_eq!(st.code(), Some(143), "{st}");
 }
+
+/// Record times mean CLOCK_MONOTONIC nanoseconds since the trace started,
+/// whichever clock the trace points read (the TSC where it is invariant,
+/// converted by the tracer, or clock_gettime): on both clocks the decode
+/// steps' record spans add up to the decode time the run prints (less the
+/// time between graphs), no record ends after the process did, and the
+/// bundle validates.
+#[test]
+fn trace_times_agree_with_the_wall_clock_on_both_clocks() {
+    let m = model("smollm2");
+    let machine = cktrace::tsc::choose().name();
+    for (env, want) in [(None, machine), (Some("monotonic"), "monotonic")] {
+        let d = scratch("clock");
+        let dir = d.path().join("t");
+        let mut c = bin();
+        c.arg("run")
+            .arg(&m)
+            .args(["-p", "Once upon a time", "-n", "24", "-t", "2", "--trace"])
+            .arg(&dir)
+            .env("CKTRACE_TRACE_ROOT", d.path())
+            .env_remove("CKTRACE_TRACE_CLOCK");
+        if let Some(v) = env {
+            c.env("CKTRACE_TRACE_CLOCK", v);
+        }
+        let t = Instant::now();
+        let o = c.output().unwrap();
+        let elapsed_ns = t.elapsed().as_nanos() as u64;
+        assert!(o.status.success(), "{}", stderr(&o));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["trace_clock"], want, "CKTRACE_TRACE_CLOCK={env:?}");
+        let s = stdout(&o);
+        let decode_s: f64 = s
+            .rsplit_once("decode steps in ")
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no decode time in {s:?}"));
+        let (_, recs) = read_trace(&dir);
+        let mut span = std::collections::BTreeMap::<u32, (u64, u64)>::new();
+        for r in &recs {
+            let end = r.t_ns + r.dur_ns as u64;
+            assert!(end <= elapsed_ns, "{want}: a record ends at {end} ns, the process took {elapsed_ns} ns");
+            let e = span.entry(r.step).or_insert((u64::MAX, 0));
+            e.0 = e.0.min(r.t_ns);
+            e.1 = e.1.max(end);
+        }
+        assert_eq!(span.len(), 24, "{want}: steps with records");
+        let busy: u64 = span.iter().filter(|(&k, _)| k > 0).map(|(_, (a, b))| b - a).sum();
+        let ratio = busy as f64 / (decode_s * 1e9);
+        assert!(
+            (0.5..=1.02).contains(&ratio),
+            "{want}: decode record spans {busy} ns against {decode_s} s printed (ratio {ratio:.3})"
+        );
+        let v = run(&["parse", dir.to_str().unwrap(), "--validate"]);
+        assert!(v.status.success(), "{want}: {}", stdout(&v));
+    }
+}

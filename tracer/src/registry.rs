@@ -135,6 +135,13 @@ pub struct Meta {
     /// written before the flag existed (they ran with it off).
     #[serde(default)]
     pub flash_attn: String,
+    /// The clock the trace points read: `tsc` (the invariant time-stamp
+    /// counter, converted to CLOCK_MONOTONIC ns by the tracer) or
+    /// `monotonic` (clock_gettime); empty in bundles written before the
+    /// field existed, and for the ck engine's bundles, which read
+    /// CLOCK_MONOTONIC. Record times mean the same either way.
+    #[serde(default)]
+    pub trace_clock: String,
     pub llama_cpp: String,
     pub llama_cpp_patches: String,
     pub command_line: Vec<String>,

@@ -409,6 +409,29 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         per_rec.push((t_on.decode_s - t_off.decode_s) * 1e9 / n_dec);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    // One more traced run, with the tracer timing itself in place: the
+    // hook's building time and the positioned writes, per record (the two
+    // clock reads per batch of 64 events and per write cost ~1 ns/record).
+    let costs = if cut.is_none() {
+        let dir = tmp.join("profile");
+        let mut session = crate::trace::TraceSession::start(
+            &dir,
+            &s.model,
+            a.threads as u32,
+            crate::DEFAULT_TRACE_CAPACITY,
+            false,
+        )?;
+        cktrace_tracer::sink::set_profiling(true);
+        let r = generate(&mut ctx, &params, &mut session, |_| {});
+        cktrace_tracer::sink::set_profiling(false);
+        r?;
+        ctx.clear();
+        session.finish(Default::default())?;
+        Some(cktrace_tracer::sink::costs())
+    } else {
+        None
+    };
+    let clock = crate::tsc::choose();
     let _ = std::fs::remove_dir_all(&tmp);
     let (mo, mn) = (median(&off), median(&on));
     println!("tracing off   median {mo:8.1} tok/s   [{}]", fmt_list(&off));
@@ -417,11 +440,22 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         "records per decode step: {recs_per_step:.0}; step-boundary hooks {:.3} ms per step (each thread writes its own records at the end of every graph, inside the decode)",
         median(&flush_s)
     );
+    let total = median(&per_rec);
     println!(
-        "cost per record (median of (t_on - t_off) / records): {:.0} ns; one CLOCK_MONOTONIC read here: {:.1} ns",
-        median(&per_rec),
-        clock_read_ns()
+        "cost per record (median of (t_on - t_off) / records): {total:.0} ns; trace clock {}; one read here: CLOCK_MONOTONIC {:.1} ns, rdtsc {:.1} ns",
+        clock.name(),
+        clock_read_ns(cktrace_tracer::sink::monotonic_ns),
+        clock_read_ns(crate::tsc::rdtsc)
     );
+    if let Some(c) = costs {
+        let per = |ns: u64, n: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 };
+        let (b, w) = (per(c.build_ns, c.build_recs), per(c.write_ns, c.write_recs));
+        println!(
+            "measured in place (one more traced run, {} records): building {b:.1} ns per record in the hook, writing {w:.1} ns per record (positioned writes); the rest of the cost per record, {:.0} ns, is the C side (clock read, event copy) and what tracing does to the kernels' caches",
+            c.build_recs,
+            total - b - w
+        );
+    }
     println!(
         "ratio on/off: {:.3} of the medians, {:.3} median of paired runs",
         mn / mo,
@@ -430,16 +464,16 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// What one CLOCK_MONOTONIC read (the trace points' clock) costs on this
+/// What one read of a clock (CLOCK_MONOTONIC, or the TSC) costs on this
 /// machine: the median of 5 runs of a million back-to-back reads.
-fn clock_read_ns() -> f64 {
+fn clock_read_ns(read: fn() -> u64) -> f64 {
     let runs: Vec<f64> = (0..5)
         .map(|_| {
             let n = 1_000_000u64;
             let t = Instant::now();
             let mut acc = 0u64;
             for _ in 0..n {
-                acc = acc.wrapping_add(cktrace_tracer::sink::monotonic_ns());
+                acc = acc.wrapping_add(read());
             }
             std::hint::black_box(acc);
             t.elapsed().as_nanos() as f64 / n as f64

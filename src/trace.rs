@@ -394,6 +394,11 @@ unsafe extern "C" fn ggml_trace_hook(
     if evs.is_null() || n < 0 {
         return;
     }
+    let (prof_t0, prof_w0) = if sink::profiling() {
+        (sink::monotonic_ns(), sink::thread_write_ns())
+    } else {
+        (0, 0)
+    };
     // SAFETY: STATE is set while the hook is installed and cleared (then
     // freed) only after the hook is removed and the workers are idle; ggml
     // passes `n` valid events whose tensor pointers are live for the call.
@@ -467,9 +472,7 @@ unsafe extern "C" fn ggml_trace_hook(
                         *slot = st.memo(ev, src, stamp);
                         node_word.store(stamp, Ordering::Relaxed);
                     }
-                    w.push_with(&slot.template, |r| {
-                        fill(r, ev, &step, slot.off, &clock)
-                    });
+                    w.push_with(&slot.template, |r| fill(r, ev, &step, slot.off, &clock));
                 }
                 // An event without its tensors cannot become a record; count
                 // it rather than lose it silently (the patch never sends one).
@@ -494,6 +497,14 @@ unsafe extern "C" fn ggml_trace_hook(
             let m = st.memo(ev, unsafe { &*ev.src }, stamp);
             sink::record_with(&m.template, |r| fill(r, ev, &step, m.off, &clock));
         }
+    }
+    if prof_t0 != 0 {
+        // less the writes of a full buffer done inside this call
+        let wrote = sink::thread_write_ns() - prof_w0;
+        sink::add_build_cost(
+            (sink::monotonic_ns() - prof_t0).saturating_sub(wrote),
+            evs.len() as u64,
+        );
     }
 }
 

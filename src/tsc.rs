@@ -75,9 +75,7 @@ pub fn tsc_usable(cpuinfo: &str, clocksource: Option<&str>) -> Result<(), String
     }
     match clocksource.map(str::trim) {
         Some("tsc") | None => Ok(()),
-        Some(other) => Err(format!(
-            "the kernel keeps time with {other}, not the TSC"
-        )),
+        Some(other) => Err(format!("the kernel keeps time with {other}, not the TSC")),
     }
 }
 
@@ -260,7 +258,11 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
             cal.reanchor();
             let a = monotonic_ns();
-            let t = if kind == ClockKind::Tsc { rdtsc() } else { monotonic_ns() };
+            let t = if kind == ClockKind::Tsc {
+                rdtsc()
+            } else {
+                monotonic_ns()
+            };
             let b = monotonic_ns();
             let ns = cal.clock().ns(t);
             assert!(
@@ -272,10 +274,27 @@ mod tests {
         }
         // A span of 50 ms converts to 50 ms within 0.1%.
         let c = cal.clock();
-        let (t0, n0) = (if kind == ClockKind::Tsc { rdtsc() } else { monotonic_ns() }, monotonic_ns());
+        let (t0, n0) = (
+            if kind == ClockKind::Tsc {
+                rdtsc()
+            } else {
+                monotonic_ns()
+            },
+            monotonic_ns(),
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let (t1, n1) = (if kind == ClockKind::Tsc { rdtsc() } else { monotonic_ns() }, monotonic_ns());
+        let (t1, n1) = (
+            if kind == ClockKind::Tsc {
+                rdtsc()
+            } else {
+                monotonic_ns()
+            },
+            monotonic_ns(),
+        );
         let (d, want) = (c.dur(t0, t1) as f64, (n1 - n0) as f64);
-        assert!((d - want).abs() < want * 1e-3 + 20_000.0, "{d} ns vs {want} ns");
+        assert!(
+            (d - want).abs() < want * 1e-3 + 20_000.0,
+            "{d} ns vs {want} ns"
+        );
     }
 }

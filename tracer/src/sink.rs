@@ -42,6 +42,16 @@ use crate::format::{flags, Engine, TraceHeader, TraceRecord, HEADER_SIZE, RECORD
 /// Records a thread buffers before it copies them into the file.
 pub const LOCAL_CAPACITY: usize = 4096;
 
+/// Records a thread buffers before it writes them mid-graph (at most
+/// [`LOCAL_CAPACITY`]; `CKTRACE_TRACE_BUFFER`, a diagnostic, lowers it).
+static FLUSH_AT: AtomicUsize = AtomicUsize::new(LOCAL_CAPACITY);
+
+/// Write a thread's buffer once it holds `n` records (1..=LOCAL_CAPACITY;
+/// other values are clamped), instead of at LOCAL_CAPACITY.
+pub fn set_flush_at(n: usize) {
+    FLUSH_AT.store(n.clamp(1, LOCAL_CAPACITY), Ordering::Relaxed);
+}
+
 /// Header byte offsets of the counters updated while tracing.
 const OFF_CAPACITY: usize = 24;
 const OFF_RECORDS: usize = 32;
@@ -541,7 +551,7 @@ impl Writer<'_> {
             fill(r);
             r.flags |= flags::VALID;
         }
-        if recs.len() >= LOCAL_CAPACITY {
+        if recs.len() >= FLUSH_AT.load(Ordering::Relaxed) {
             self.flush();
         }
     }

@@ -686,15 +686,17 @@ impl TraceSession {
             },
             Ordering::Relaxed,
         );
-        // The TSC where it is invariant (see tsc.rs); the patched ggml says
-        // whether it can read it. Calibrating spins for 2 ms, before any
-        // step is timed.
+        // CKTRACE_TRACE_BUFFER (a diagnostic): write a thread's records
+        // mid-graph every N records instead of when 4096 have piled up.
         sink::set_flush_at(
             std::env::var("CKTRACE_TRACE_BUFFER")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(sink::LOCAL_CAPACITY),
         );
+        // The TSC where it is invariant (see tsc.rs); the patched ggml says
+        // whether it can read it. Calibrating spins for 2 ms, before any
+        // step is timed.
         let mut kind = tsc::choose();
         // SAFETY: sets a flag the trace points read; no decode is running.
         if kind == ClockKind::Tsc && !unsafe { ffi::ggml_cpu_set_trace_tsc(true) } {

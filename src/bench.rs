@@ -346,6 +346,16 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     let params = bench_params(a);
     let tmp = std::env::temp_dir().join(format!("cktrace-bench-{}", std::process::id()));
     print_header("trace", a, &s.model, "alternating off/on");
+    // Every traced run of the bench: a fresh bundle in `dir`, default capacity.
+    let start = |dir: &Path| {
+        crate::trace::TraceSession::start(
+            dir,
+            &s.model,
+            a.threads as u32,
+            crate::DEFAULT_TRACE_CAPACITY,
+            false,
+        )
+    };
     generate(&mut ctx, &params, &mut NoHook, |_| {})?; // warm-up
     ctx.clear();
     let (mut off, mut on, mut per_rec, mut flush_s) =
@@ -358,13 +368,7 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     if let Some(c) = &cut {
         std::env::remove_var("CKTRACE_TRACE_CUT");
         let dir = tmp.join("calibrate");
-        let mut session = crate::trace::TraceSession::start(
-            &dir,
-            &s.model,
-            a.threads as u32,
-            crate::DEFAULT_TRACE_CAPACITY,
-            false,
-        )?;
+        let mut session = start(&dir)?;
         let t = generate(&mut ctx, &params, &mut session, |_| {})?;
         ctx.clear();
         session.finish(Default::default())?;
@@ -379,13 +383,7 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         let t_off = generate(&mut ctx, &params, &mut NoHook, |_| {})?;
         ctx.clear();
         let dir = tmp.join(format!("r{i}"));
-        let mut session = crate::trace::TraceSession::start(
-            &dir,
-            &s.model,
-            a.threads as u32,
-            crate::DEFAULT_TRACE_CAPACITY,
-            false,
-        )?;
+        let mut session = start(&dir)?;
         let mut timed = TimedHook {
             inner: &mut session,
             secs: 0.0,
@@ -414,13 +412,7 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     // clock reads per batch of 64 events and per write cost ~1 ns/record).
     let costs = if cut.is_none() {
         let dir = tmp.join("profile");
-        let mut session = crate::trace::TraceSession::start(
-            &dir,
-            &s.model,
-            a.threads as u32,
-            crate::DEFAULT_TRACE_CAPACITY,
-            false,
-        )?;
+        let mut session = start(&dir)?;
         cktrace_tracer::sink::set_profiling(true);
         let r = generate(&mut ctx, &params, &mut session, |_| {});
         cktrace_tracer::sink::set_profiling(false);

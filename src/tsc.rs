@@ -35,6 +35,14 @@ pub enum ClockKind {
 }
 
 impl ClockKind {
+    /// Read this clock as the trace points do: TSC ticks or ns.
+    pub fn read(self) -> u64 {
+        match self {
+            ClockKind::Tsc => rdtsc(),
+            ClockKind::Monotonic => monotonic_ns(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ClockKind::Tsc => "tsc",
@@ -262,11 +270,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
             cal.reanchor();
             let a = monotonic_ns();
-            let t = if kind == ClockKind::Tsc {
-                rdtsc()
-            } else {
-                monotonic_ns()
-            };
+            let t = kind.read();
             let b = monotonic_ns();
             let ns = cal.clock().ns(t);
             assert!(
@@ -278,23 +282,9 @@ mod tests {
         }
         // A span of 50 ms converts to 50 ms within 0.1%.
         let c = cal.clock();
-        let (t0, n0) = (
-            if kind == ClockKind::Tsc {
-                rdtsc()
-            } else {
-                monotonic_ns()
-            },
-            monotonic_ns(),
-        );
+        let (t0, n0) = (kind.read(), monotonic_ns());
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let (t1, n1) = (
-            if kind == ClockKind::Tsc {
-                rdtsc()
-            } else {
-                monotonic_ns()
-            },
-            monotonic_ns(),
-        );
+        let (t1, n1) = (kind.read(), monotonic_ns());
         let (d, want) = (c.dur(t0, t1) as f64, (n1 - n0) as f64);
         assert!(
             (d - want).abs() < want * 1e-3 + 20_000.0,

@@ -94,9 +94,8 @@ pub fn tsc_usable(cpuinfo: &str, clocksource: Option<&str>) -> Result<(), String
 /// The clock to trace with on this machine: the TSC where it is usable,
 /// unless `CKTRACE_TRACE_CLOCK=monotonic` says otherwise.
 pub fn choose() -> ClockKind {
-    match std::env::var("CKTRACE_TRACE_CLOCK").as_deref() {
-        Ok("monotonic") => return ClockKind::Monotonic,
-        Ok(_) | Err(_) => {}
+    if std::env::var("CKTRACE_TRACE_CLOCK").as_deref() == Ok("monotonic") {
+        return ClockKind::Monotonic;
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cs =

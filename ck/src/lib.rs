@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod layout;
 pub mod model;
 pub mod ops;
+mod ops_x86;
 pub mod pool;
 pub mod profile;
 pub mod quant;

@@ -112,6 +112,14 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// this CPU: `lanes` at a time with `ggml_v_silu` (`x / (1 + v_expf(0 -
 /// x))`), the tail with libm's `expf`.
 pub fn swiglu_ggml(lanes: usize, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    // The full vectors in SIMD (the same bits), the rest below.
+    let done = crate::ops_x86::swiglu(lanes, gate, up, out);
+    let n = out.len().min(gate.len()).min(up.len());
+    swiglu_ggml_scalar(lanes, &gate[done..n], &up[done..n], &mut out[done..n]);
+}
+
+/// [`swiglu_ggml`] emulated lane by lane (the reference of its SIMD twin).
+pub(crate) fn swiglu_ggml_scalar(lanes: usize, gate: &[f32], up: &[f32], out: &mut [f32]) {
     let exp = if lanes == 16 {
         expf_ggml_avx512
     } else {
@@ -443,10 +451,16 @@ pub fn softmax_ggml(lanes: usize, x: &mut [f32]) {
     };
     let mut sum = 0f64;
     let mut v = [0f32; 16];
-    for chunk in x.chunks_mut(lanes) {
+    // The full vectors exponentiated in SIMD (the same bits), then summed
+    // as below.
+    let done = crate::ops_x86::exp_sub(lanes, x, max);
+    for (c, chunk) in x.chunks_mut(lanes).enumerate() {
         v[..lanes].fill(0.0);
+        let simd = (c + 1) * lanes <= done;
         for (i, e) in chunk.iter_mut().enumerate() {
-            *e = exp(*e - max);
+            if !simd {
+                *e = exp(*e - max);
+            }
             v[i] = *e;
         }
         sum += fold(&mut v[..lanes]) as f64;

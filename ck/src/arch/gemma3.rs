@@ -47,9 +47,8 @@
 use std::collections::HashSet;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
-use crate::arena::{f16s, f32s, f32s_mut};
+use crate::arena::{f32s, f32s_mut};
 use crate::config::Config;
 use crate::error::{CkError, Result};
 use crate::gguf::TensorInfo;
@@ -62,7 +61,8 @@ use super::super::engine::Regions;
 use crate::profile::WeightBuffer;
 
 use super::llama::{
-    attn_scratch_parts, kerr, mat, matmul, matmul_in, place, rms_rows, ActQ, Cx, Mat, Tensors,
+    attn_scratch_parts, kerr, mat, matmul, matmul_in, place, rms_rows, widen_group, ActQ, Cx, Mat,
+    Tensors,
 };
 
 /// One layer's regions.
@@ -620,15 +620,8 @@ fn attention(
             x
         }
     };
-    // Widen `len` cache values starting at element `at` into `dst`.
-    let widen = |cache: &[u8], at: usize, dst: &mut [f32]| {
-        if f16_cache {
-            let src = &f16s(&cache[at * 2..(at + dst.len()) * 2]);
-            src.convert_to_f32_slice(dst);
-        } else {
-            dst.copy_from_slice(f32s(&cache[at * 4..(at + dst.len()) * 4]));
-        }
-    };
+    let dims = (kd, hd, hdv, ctx);
+    let stride = ctx.div_ceil(64) * 64;
     cx.pool.par_rows_scratch(
         &mut kqv[..n * c.n_head * hdv],
         n,
@@ -641,20 +634,23 @@ fn attention(
             let (vf, s) = s.split_at_mut(parts[2]);
             let (kf, qf) = s.split_at_mut(parts[3]);
             let (sc, pr, vf) = (f32s_mut(sc), f32s_mut(pr), f32s_mut(vf));
-            let (kf, qf) = (&mut f32s_mut(kf)[..hd], &mut f32s_mut(qf)[..hd]);
-            let my = rows.rows();
-            for t in 0..n {
-                let p = pos + t;
-                let n_kv = p + 1;
-                let lo = match window {
-                    Some(w) => (p + 1).saturating_sub(w),
-                    None => 0,
-                };
-                let start = lo / 64 * 64;
-                let n_pad = n_kv.div_ceil(64) * 64;
-                let o = rows.token(t);
-                for (i, h) in my.clone().enumerate() {
-                    let g = h / gqa;
+            let (kf, qf) = (f32s_mut(kf), &mut f32s_mut(qf)[..hd]);
+            let mut widened = None;
+            for (i, h) in rows.rows().enumerate() {
+                let g = h / gqa;
+                if widened != Some(g) {
+                    widen_group(f16_cache, kc, vc, dims, g, pos + n, kf, vf);
+                    widened = Some(g);
+                }
+                for t in 0..n {
+                    let p = pos + t;
+                    let n_kv = p + 1;
+                    let lo = match window {
+                        Some(w) => (p + 1).saturating_sub(w),
+                        None => 0,
+                    };
+                    let start = lo / 64 * 64;
+                    let n_pad = n_kv.div_ceil(64) * 64;
                     // Q scaled (ggml_scale), then converted to the cache
                     // type (ggml's vec_dot_type for an F16 K is F16).
                     let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
@@ -663,19 +659,19 @@ fn attention(
                     }
                     sc[start..lo].fill(f32::NEG_INFINITY);
                     for (j, s) in (lo..n_kv).zip(&mut sc[lo..n_kv]) {
-                        widen(kc, j * kd + g * hd, kf);
-                        *s = dot(kf, qf) * kq_scale;
+                        *s = dot(&kf[j * hd..(j + 1) * hd], qf) * kq_scale;
                     }
                     ops::softmax_ggml(lanes.softmax_lanes, &mut sc[start..n_kv]);
                     for (p, &x) in pr[start..n_kv].iter_mut().zip(&sc[start..n_kv]) {
                         *p = round(x);
                     }
+                    // Masked positions take part with probability 0 (see
+                    // the llama attention).
                     pr[n_kv..n_pad].fill(0.0);
-                    vf[n_kv..n_pad].fill(0.0);
+                    let o = rows.token(t);
                     for (d, out) in o[i * hdv..(i + 1) * hdv].iter_mut().enumerate() {
-                        let ch = g * hdv + d;
-                        widen(vc, ch * ctx + start, &mut vf[start..n_kv]);
-                        *out = dot(&vf[start..n_pad], &pr[start..n_pad]);
+                        let v = &vf[d * stride + start..d * stride + n_pad];
+                        *out = dot(v, &pr[start..n_pad]);
                     }
                 }
             }

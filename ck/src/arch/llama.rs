@@ -111,13 +111,55 @@ pub struct Llama {
 }
 
 /// Per-thread attention scratch, each part 64-byte aligned: scores and
-/// probabilities `[ctx]`, one V row widened to f32 `[ctx]`, one K row and
-/// the query head (as the cache type rounds it) `[head_dim]`, all f32.
+/// probabilities `[ctx]`, one KV group's V channels widened to f32
+/// `[head_dim_v][ctx]` and its K rows `[ctx][head_dim]` (widened once per
+/// head, not once per token), and the query head (as the cache type rounds
+/// it) `[head_dim]`, all f32.
 pub(crate) fn attn_scratch_parts(c: &Config, o: &LayoutOptions) -> [usize; 5] {
     let a = |x: usize| x.div_ceil(64) * 64;
-    let hd = c.head_dim.max(c.head_dim_v);
     let n = o.ctx.div_ceil(64) * 64;
-    [a(n * 4), a(n * 4), a(n * 4), a(hd * 4), a(hd * 4)]
+    [
+        a(n * 4),
+        a(n * 4),
+        a(c.head_dim_v * n * 4),
+        a(n * c.head_dim * 4),
+        a(c.head_dim * 4),
+    ]
+}
+
+/// One KV group's cache widened to f32 for the attention of a pass: K rows
+/// `0..n_kv` (`kf[j * hd..]`), and V channels (`vf[d * stride..]`, stride
+/// the context rounded up to 64) for positions `0..n_kv`, zero from there
+/// to the next multiple of 64 (the padded positions llama.cpp's cache
+/// holds as zeros).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn widen_group(
+    f16_cache: bool,
+    kc: &[u8],
+    vc: &[u8],
+    (kd, hd, hdv, ctx): (usize, usize, usize, usize),
+    g: usize,
+    n_kv: usize,
+    kf: &mut [f32],
+    vf: &mut [f32],
+) {
+    let widen = |cache: &[u8], at: usize, dst: &mut [f32]| {
+        if f16_cache {
+            f16s(&cache[at * 2..(at + dst.len()) * 2]).convert_to_f32_slice(dst);
+        } else {
+            dst.copy_from_slice(f32s(&cache[at * 4..(at + dst.len()) * 4]));
+        }
+    };
+    for j in 0..n_kv {
+        widen(kc, j * kd + g * hd, &mut kf[j * hd..(j + 1) * hd]);
+    }
+    let stride = ctx.div_ceil(64) * 64;
+    let n_pad = n_kv.div_ceil(64) * 64;
+    for d in 0..hdv {
+        let row = &mut vf[d * stride..d * stride + n_pad];
+        widen(vc, (g * hdv + d) * ctx, &mut row[..n_kv]);
+        row[n_kv..].fill(0.0);
+    }
 }
 
 pub(crate) struct Tensors<'f> {
@@ -571,7 +613,36 @@ pub(crate) fn matmul_in(
             return;
         }
         let wr = &wdata[rows.start * w.row_bytes..rows.end * w.row_bytes];
-        for t in 0..n {
+        // The leading tokens that share one arithmetic, as one GEMM over
+        // the band: `mat_mat_as` gives every (row, token) the bits of
+        // `mat_vec_as` (and `mat_vec`), reading each weight block once per
+        // tile of tokens instead of once per token. The float types follow
+        // tinyBLAS's pass order per token below.
+        let mut done = 0;
+        if n >= 2 && !matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            let first = paths.arith(w.ty, w.rows, w.k, buffer, n, 0);
+            while done < n && paths.arith(w.ty, w.rows, w.k, buffer, n, done) == first {
+                done += 1;
+            }
+            if done >= 2 {
+                let res = band_gemm(
+                    cx.kernels,
+                    first,
+                    w,
+                    wr,
+                    rows.len(),
+                    &xq[..done * qb],
+                    done,
+                    r,
+                );
+                if let Err(e) = res {
+                    err.set(e);
+                }
+            } else {
+                done = 0;
+            }
+        }
+        for t in done..n {
             // Which arithmetic ggml computes for this weight and token
             // (crate::profile); vec_dot's order also covers the pass-size
             // orders of the float types (tinyBLAS) in mat_vec_in_pass.
@@ -589,6 +660,37 @@ pub(crate) fn matmul_in(
         }
     });
     err.check()
+}
+
+/// `r.token(t) = w_band x[t]` for tokens `0..n_cols` by `Kernels::mat_mat_as`
+/// into this thread's scratch (column-major, one column per token), then
+/// copied to each token's rows.
+#[allow(clippy::too_many_arguments)]
+fn band_gemm(
+    kernels: &Kernels,
+    arith: MatArith,
+    w: &Mat,
+    band: &[u8],
+    n_rows: usize,
+    xs: &[u8],
+    n_cols: usize,
+    r: &mut crate::pool::RowsMut<'_, f32>,
+) -> std::result::Result<(), quant::QuantError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < n_rows * n_cols {
+            s.resize(n_rows * n_cols, 0.0);
+        }
+        let out = &mut s[..n_rows * n_cols];
+        kernels.mat_mat_as(arith, w.ty, w.k, band, n_rows, xs, n_cols, out)?;
+        for (t, col) in out.chunks_exact(n_rows).enumerate() {
+            r.token(t).copy_from_slice(col);
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn rms_rows(x: &[f32], w: &[f32], eps: f32, n: usize, out: &mut [f32]) {
@@ -687,15 +789,8 @@ pub fn forward(m: &Llama, r: &mut Regions<'_>, cx: &Cx, tokens: &[u32], pos: usi
                 ops::dot_ggml_vec(lanes.dot_lanes, a, b)
             }
         };
-        // Widen `len` cache values starting at element `at` into `dst`.
-        let widen = |cache: &[u8], at: usize, dst: &mut [f32]| {
-            if f16_cache {
-                let src = &f16s(&cache[at * 2..(at + dst.len()) * 2]);
-                src.convert_to_f32_slice(dst);
-            } else {
-                dst.copy_from_slice(f32s(&cache[at * 4..(at + dst.len()) * 4]));
-            }
-        };
+        let dims = (kd, hd, hdv, ctx);
+        let stride = ctx.div_ceil(64) * 64;
         cx.pool.par_rows_scratch(
             &mut kqv[..n * c.n_head * hdv],
             n,
@@ -708,13 +803,16 @@ pub fn forward(m: &Llama, r: &mut Regions<'_>, cx: &Cx, tokens: &[u32], pos: usi
                 let (vf, s) = s.split_at_mut(parts[2]);
                 let (kf, qf) = s.split_at_mut(parts[3]);
                 let (sc, pr, vf) = (f32s_mut(sc), f32s_mut(pr), f32s_mut(vf));
-                let (kf, qf) = (&mut f32s_mut(kf)[..hd], &mut f32s_mut(qf)[..hd]);
-                let my = rows.rows();
-                for t in 0..n {
-                    let n_kv = pos + t + 1;
-                    let o = rows.token(t);
-                    for (i, h) in my.clone().enumerate() {
-                        let g = h / gqa;
+                let (kf, qf) = (f32s_mut(kf), &mut f32s_mut(qf)[..hd]);
+                let mut widened = None;
+                for (i, h) in rows.rows().enumerate() {
+                    let g = h / gqa;
+                    if widened != Some(g) {
+                        widen_group(f16_cache, kc, vc, dims, g, pos + n, kf, vf);
+                        widened = Some(g);
+                    }
+                    for t in 0..n {
+                        let n_kv = pos + t + 1;
                         // Q converted to the cache type (ggml's vec_dot_type
                         // for an F16 K is F16).
                         let qh = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
@@ -726,8 +824,7 @@ pub fn forward(m: &Llama, r: &mut Regions<'_>, cx: &Cx, tokens: &[u32], pos: usi
                             };
                         }
                         for (j, s) in sc[..n_kv].iter_mut().enumerate() {
-                            widen(kc, j * kd + g * hd, kf);
-                            *s = dot(kf, qf) * kq_scale;
+                            *s = dot(&kf[j * hd..(j + 1) * hd], qf) * kq_scale;
                         }
                         ops::softmax_ggml(lanes.softmax_lanes, &mut sc[..n_kv]);
                         for (p, &x) in pr[..n_kv].iter_mut().zip(&sc[..n_kv]) {
@@ -738,14 +835,16 @@ pub fn forward(m: &Llama, r: &mut Regions<'_>, cx: &Cx, tokens: &[u32], pos: usi
                             };
                         }
                         // The masked positions up to a multiple of 64 take
-                        // part as zeros, as in llama.cpp's padded n_kv.
+                        // part as zeros (probability 0), as in llama.cpp's
+                        // padded n_kv; V there is the pass's later tokens or
+                        // the zeros widen_group wrote, and a zero product
+                        // leaves every sum as it is.
                         let n_pad = n_kv.div_ceil(64) * 64;
                         pr[n_kv..n_pad].fill(0.0);
-                        vf[n_kv..n_pad].fill(0.0);
+                        let o = rows.token(t);
                         for (d, out) in o[i * hdv..(i + 1) * hdv].iter_mut().enumerate() {
-                            let ch = g * hdv + d;
-                            widen(vc, ch * ctx, &mut vf[..n_kv]);
-                            *out = dot(&vf[..n_pad], &pr[..n_pad]);
+                            let v = &vf[d * stride..d * stride + n_pad];
+                            *out = dot(v, &pr[..n_pad]);
                         }
                     }
                 }

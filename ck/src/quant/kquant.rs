@@ -7,7 +7,13 @@
 /// trick in ggml gives exactly this for |x| < 2^22).
 #[inline(always)]
 pub(crate) fn nearest_int(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    if x.abs() <= 4_194_303.0 {
+        // ggml's own trick (its range, which it asserts): adding 1.5 * 2^23
+        // rounds to an integer, half to even, in the low mantissa bits.
+        ((x + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+    } else {
+        x.round_ties_even() as i32
+    }
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`

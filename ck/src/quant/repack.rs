@@ -293,6 +293,78 @@ impl Kernels {
     }
 }
 
+impl Kernels {
+    /// `n_rows` weight rows x `n_cols` activations with the arithmetic
+    /// `arith`: `out[col * n_rows + row]` is, bit for bit, what
+    /// [`Kernels::mat_vec_as`] gives that row and activation. The repacked
+    /// Q4_K GEMM and `vec_dot` run as register tiles over rows and tokens
+    /// (each weight block decoded once per tile); the others column by
+    /// column.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mat_mat_as(
+        &self,
+        arith: MatArith,
+        w: GgmlType,
+        k: usize,
+        rows: &[u8],
+        n_rows: usize,
+        xs_q: &[u8],
+        n_cols: usize,
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        const OP: &str = "mat_mat_as";
+        if arith == MatArith::VecDot {
+            return self.mat_mat(w, k, rows, n_rows, xs_q, n_cols, out);
+        }
+        let x_bytes = row_bytes_for(OP, vec_dot_type(w), k)?;
+        let need = |what: &'static str, a: usize, b: usize| {
+            a.checked_mul(b)
+                .ok_or(QuantError::Overflow { op: OP, what })
+        };
+        check_len(
+            OP,
+            "the activation data",
+            "bytes",
+            xs_q.len(),
+            need("the activation data", x_bytes, n_cols)?,
+        )?;
+        check_len(
+            OP,
+            "out",
+            "elements",
+            out.len(),
+            need("out", n_rows, n_cols)?,
+        )?;
+        #[cfg(target_arch = "x86_64")]
+        if arith == MatArith::RepackQ4KGemm
+            && w == GgmlType::Q4_K
+            && self.level() >= super::KernelLevel::Avx2
+            && k > 0
+            && k % QK_K == 0
+        {
+            let w_bytes = row_bytes_for(OP, w, k)?;
+            check_len(
+                OP,
+                "the weight data",
+                "bytes",
+                rows.len(),
+                need("the weight data", w_bytes, n_rows)?,
+            )?;
+            // SAFETY: the `Kernels` level proves AVX2, FMA and F16C; the
+            // lengths were checked above (whole blocks: k % QK_K == 0).
+            unsafe { super::repack_x86::mat_mat_q4k_gemm(cast(rows), cast(xs_q), k / QK_K, out) };
+            return Ok(());
+        }
+        if n_rows == 0 {
+            return Ok(());
+        }
+        for (c, o) in out.chunks_exact_mut(n_rows).enumerate() {
+            self.mat_vec_as(arith, w, k, rows, &xs_q[c * x_bytes..(c + 1) * x_bytes], o)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +423,58 @@ mod tests {
                         "{arith} {ty}: {} differs from scalar",
                         kern.level()
                     ),
+                }
+            }
+        }
+    }
+
+    /// The token-blocked entry point gives every (row, token) the bits of
+    /// the one-token kernel, for every arithmetic and level, with token
+    /// counts that leave partial tiles (1..9) and a row tail past the
+    /// eight-row groups (19 rows).
+    #[test]
+    fn mat_mat_as_equals_mat_vec_as_per_token() {
+        let k = 512;
+        let ariths = [
+            (MatArith::VecDot, GgmlType::Q4_K),
+            (MatArith::VecDot, GgmlType::Q5_0),
+        ];
+        for (arith, ty) in ARITHS.into_iter().chain(ariths) {
+            let (rows, _, _, n_rows) = case(ty, k, 11);
+            let mut rng = Rng::new(5);
+            let n_cols = 9;
+            let mut xs = Vec::new();
+            for _ in 0..n_cols {
+                xs.extend(quantize_activation(ty, &random_activation_f32(k, &mut rng)));
+            }
+            let xb = xs.len() / n_cols;
+            for kern in all_kernels() {
+                for cols in 1..=n_cols {
+                    let mut out = vec![f32::NAN; n_rows * cols];
+                    kern.mat_mat_as(
+                        arith,
+                        ty,
+                        k,
+                        &rows,
+                        n_rows,
+                        &xs[..cols * xb],
+                        cols,
+                        &mut out,
+                    )
+                    .unwrap();
+                    for c in 0..cols {
+                        let mut want = vec![0f32; n_rows];
+                        kern.mat_vec_as(arith, ty, k, &rows, &xs[c * xb..(c + 1) * xb], &mut want)
+                            .unwrap();
+                        let got = &out[c * n_rows..(c + 1) * n_rows];
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{arith} {ty} at {}, {cols} tokens: token {c} differs",
+                            kern.level()
+                        );
+                    }
                 }
             }
         }

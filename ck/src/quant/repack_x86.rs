@@ -172,3 +172,145 @@ pub(crate) unsafe fn rows_q4k(rows: &[BlockQ4K], x: &[BlockQ8K], out: &mut [f32]
         *o = acc - accm;
     }
 }
+
+/// The repacked Q4_K GEMM chain (`Q4KChain::Gemm`) for eight rows (in the
+/// vector lanes) against `C` tokens: each weight block's nibbles and
+/// scales are decoded once for all `C` tokens, and each chunk's eight row
+/// sums are folded together ([`hsum_8x8`]). Per (row, token) the float
+/// chain is [`rows_q4k`]'s: per chunk `acc = fma(sum, d * da, acc)` and
+/// `accm = fma(min, dmin * da, accm)`, then `acc - accm`.
+///
+/// # Safety
+///
+/// AVX2, FMA and F16C; `rows.len() == 8 * nb`, each `xs[j].len() == nb`.
+#[inline(always)]
+unsafe fn q4k_gemm_tile<const C: usize>(rows: &[BlockQ4K], xs: [&[BlockQ8K]; C]) -> [__m256; C] {
+    let nb = xs[0].len();
+    assert_eq!(rows.len(), 8 * nb, "repack: gemm tile rows/blocks mismatch");
+    for x in &xs {
+        assert_eq!(x.len(), nb, "repack: gemm tile activation length");
+    }
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); C];
+    let mut accm = [_mm256_setzero_ps(); C];
+    for b in 0..nb {
+        // The eight rows' scales (i16, for `madd`) and mins (i32 lanes).
+        let mut sc = [[0i16; 8]; 8];
+        let mut mn = [[0i32; 8]; 8];
+        let mut d = [0i16; 8];
+        let mut dm = [0i16; 8];
+        for i in 0..8 {
+            let w = &rows[i * nb + b];
+            let (s, m) = super::kquant::scales_mins_k4(&w.scales);
+            for k in 0..8 {
+                sc[i][k] = s[k] as i16;
+                mn[k][i] = m[k] as i32;
+            }
+            d[i] = i16::from_le_bytes(w.d);
+            dm[i] = i16::from_le_bytes(w.dmin);
+        }
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()));
+        let dmw = _mm256_cvtph_ps(_mm_loadu_si128(dm.as_ptr().cast()));
+        let mut s = [_mm256_setzero_ps(); C];
+        let mut sm = [_mm256_setzero_ps(); C];
+        for j in 0..C {
+            let da = _mm256_set1_ps(xs[j][b].d());
+            s[j] = _mm256_mul_ps(dw, da);
+            sm[j] = _mm256_mul_ps(dmw, da);
+        }
+        for c in 0..4 {
+            let mut lo = [_mm256_setzero_si256(); 8];
+            let mut hi = [_mm256_setzero_si256(); 8];
+            for i in 0..8 {
+                // SAFETY (loads): 32 bytes inside the block's `qs`.
+                let q = _mm256_loadu_si256(rows[i * nb + b].qs[32 * c..].as_ptr().cast());
+                lo[i] = _mm256_and_si256(q, m4);
+                hi[i] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            }
+            let mlo = _mm256_loadu_si256(mn[2 * c].as_ptr().cast());
+            let mhi = _mm256_loadu_si256(mn[2 * c + 1].as_ptr().cast());
+            for j in 0..C {
+                let x = &xs[j][b];
+                // SAFETY (loads): 64 bytes inside the block's `qs`.
+                let ylo = _mm256_loadu_si256(x.qs[64 * c..].as_ptr().cast());
+                let yhi = _mm256_loadu_si256(x.qs[64 * c + 32..].as_ptr().cast());
+                let mut v = [_mm256_setzero_si256(); 8];
+                for i in 0..8 {
+                    let plo = _mm256_maddubs_epi16(lo[i], ylo);
+                    let phi = _mm256_maddubs_epi16(hi[i], yhi);
+                    v[i] = _mm256_add_epi32(
+                        _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[i][2 * c])),
+                        _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[i][2 * c + 1])),
+                    );
+                }
+                let sums = hsum_8x8(v);
+                let b0 = x.bsum(4 * c) as i32 + x.bsum(4 * c + 1) as i32;
+                let b1 = x.bsum(4 * c + 2) as i32 + x.bsum(4 * c + 3) as i32;
+                let mins = _mm256_add_epi32(
+                    _mm256_mullo_epi32(mlo, _mm256_set1_epi32(b0)),
+                    _mm256_mullo_epi32(mhi, _mm256_set1_epi32(b1)),
+                );
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s[j], acc[j]);
+                accm[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), sm[j], accm[j]);
+            }
+        }
+    }
+    let mut out = [_mm256_setzero_ps(); C];
+    for j in 0..C {
+        out[j] = _mm256_sub_ps(acc[j], accm[j]);
+    }
+    out
+}
+
+/// `out[c * n_rows + r]` = row `r` against token `c` with the repacked
+/// Q4_K GEMM chain, bit for bit [`rows_q4k`] with `Q4KChain::Gemm` per
+/// token: eight rows by four tokens per tile, the rows past the last
+/// multiple of eight by `rows_q4k`.
+///
+/// # Safety
+///
+/// AVX2, FMA and F16C; `rows.len() == n_rows * nb`, `xs.len() == n_cols *
+/// nb`, `out.len() == n_rows * n_cols`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn mat_mat_q4k_gemm(
+    rows: &[BlockQ4K],
+    xs: &[BlockQ8K],
+    nb: usize,
+    out: &mut [f32],
+) {
+    assert!(nb > 0, "repack: gemm of empty rows");
+    let n_rows = rows.len() / nb;
+    let n_cols = xs.len() / nb;
+    assert!(
+        rows.len() == n_rows * nb && xs.len() == n_cols * nb && out.len() == n_rows * n_cols,
+        "repack: gemm shape mismatch"
+    );
+    let col = |c: usize| &xs[c * nb..(c + 1) * nb];
+    let groups = n_rows / 8;
+    let mut c = 0;
+    while c < n_cols {
+        let take = (n_cols - c).min(4);
+        for g in 0..groups {
+            let rg = &rows[8 * g * nb..8 * (g + 1) * nb];
+            let mut res = [_mm256_setzero_ps(); 4];
+            match take {
+                4 => res = q4k_gemm_tile::<4>(rg, [col(c), col(c + 1), col(c + 2), col(c + 3)]),
+                3 => res[..3]
+                    .copy_from_slice(&q4k_gemm_tile::<3>(rg, [col(c), col(c + 1), col(c + 2)])),
+                2 => res[..2].copy_from_slice(&q4k_gemm_tile::<2>(rg, [col(c), col(c + 1)])),
+                _ => res[0] = q4k_gemm_tile::<1>(rg, [col(c)])[0],
+            }
+            for (j, v) in res[..take].iter().enumerate() {
+                let at = (c + j) * n_rows + 8 * g;
+                // SAFETY: `at + 8 <= (c + j + 1) * n_rows <= out.len()`
+                // (the slice below is bounds-checked).
+                _mm256_storeu_ps(out[at..at + 8].as_mut_ptr(), *v);
+            }
+        }
+        for j in c..c + take {
+            let tail = &mut out[j * n_rows + 8 * groups..(j + 1) * n_rows];
+            rows_q4k(&rows[8 * groups * nb..], col(j), tail, Q4KChain::Gemm);
+        }
+        c += take;
+    }
+}

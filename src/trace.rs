@@ -117,6 +117,23 @@ fn name_bytes(t: &ffi::ggml_tensor) -> &[u8] {
     llama::c_chars(&t.name)
 }
 
+/// Bytes `t` occupies in its buffer (the buffer type's `get_alloc_size`:
+/// larger than `ggml_nbytes` where the layout is packed, as AMX's is).
+fn buffer_bytes(t: &ffi::ggml_tensor) -> Option<u64> {
+    if t.buffer.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null buffer of a live tensor; get_alloc_size only reads
+    // the tensor's type and shape.
+    unsafe {
+        let bt = ffi::ggml_backend_buffer_get_type(t.buffer);
+        if bt.is_null() {
+            return None;
+        }
+        Some(ffi::ggml_backend_buft_get_alloc_size(bt, t) as u64)
+    }
+}
+
 fn buft_name(t: &ffi::ggml_tensor) -> String {
     if t.buffer.is_null() {
         return String::new();
@@ -191,6 +208,7 @@ impl HookState {
                     source: MemorySource::Runtime,
                     buffer_type: buft_name(t),
                     data_ptrs: vec![t.data as u64],
+                    buffer_bytes: None,
                 });
                 rt.insert(name.into(), id);
                 id
@@ -625,6 +643,7 @@ pub fn model_registry(model: &Model) -> Result<(Registry, Vec<usize>)> {
             source,
             buffer_type: bt,
             data_ptrs: vec![data],
+            buffer_bytes: buffer_bytes(t).filter(|&b| b != bytes),
         });
         structs.push(tp as usize);
     }

@@ -333,6 +333,7 @@ mod tests {
                 source: MemorySource::Mmap,
                 buffer_type: "CPU".into(),
                 data_ptrs: vec![],
+                buffer_bytes: None,
             });
         }
         r

@@ -137,6 +137,7 @@ pub fn registry(spec: &SynthSpec) -> Registry {
             },
             buffer_type: if weight { "CPU_Mapped" } else { "CPU" }.to_string(),
             data_ptrs: vec![0x7f00_0000_0000 + gguf],
+            buffer_bytes: None,
         });
         if weight {
             gguf += rows * row_bytes;

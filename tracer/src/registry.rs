@@ -60,6 +60,13 @@ pub struct TensorInfo {
     pub row_bytes: u64,
     /// Total bytes of the tensor in the GGUF layout.
     pub bytes: u64,
+    /// Bytes the tensor occupies in its buffer (ggml's `get_alloc_size` of
+    /// its buffer type), where a kernel reads it. Differs from `bytes` only
+    /// for a layout that is not the GGUF one: AMX packs Q4_K rows into 148
+    /// bytes per 256 values (GGUF: 144) and Q8_0 rows into 38 per 32 (34).
+    /// Absent in registries written before it was recorded: then `bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_bytes: Option<u64>,
     /// Transformer layer, if the name carries one.
     pub layer: Option<i32>,
     /// Absolute offset of the tensor's data in the GGUF file (weights only).
@@ -77,6 +84,14 @@ pub struct TensorInfo {
 pub struct Registry {
     pub version: u32,
     pub tensors: Vec<TensorInfo>,
+}
+
+impl TensorInfo {
+    /// Bytes of the tensor as it lies in its buffer ([`Self::buffer_bytes`],
+    /// else the GGUF size).
+    pub fn resident_bytes(&self) -> u64 {
+        self.buffer_bytes.unwrap_or(self.bytes)
+    }
 }
 
 impl Registry {

@@ -20,8 +20,10 @@
 //! offset within a page, so transitions inside a tensor are unchanged and
 //! only those between tensors are evaluated again).
 //!
-//! The check: the bytes mapped to file offsets equal the weight bytes of
-//! `traffic` (every weight read maps), every mapped read lies inside its
+//! The check: the bytes mapped to file offsets equal the weight bytes read,
+//! counted in the file's layout (every weight read maps; a repacked read is
+//! its rows' GGUF bytes, and its `len` must be those rows as they lie in its
+//! buffer, which AMX packs larger), every mapped read lies inside its
 //! tensor's extent in the file, and the registry's extents do not overlap
 //! each other or run past the end of the model file.
 
@@ -94,6 +96,9 @@ struct FileOrderAcc {
     /// Per id: (gguf_offset, bytes, row_bytes, rows_per_expert, repacked);
     /// offset u64::MAX when the tensor is not a weight with one.
     map: Vec<(u64, u64, u64, u64, bool)>,
+    /// Per id: bytes of one row in its buffer (repacked reads are that many
+    /// bytes per row read).
+    buffer_row: Vec<u64>,
     threads: Vec<ThreadState>,
     steps: Vec<(u32, u8, Order)>,
     step_index: HashMap<u32, usize>,
@@ -110,9 +115,15 @@ struct FileOrderAcc {
     slot: u64,
     file_len: u64,
     weight_len: u64,
+    /// The weight reads in the file's layout: `len` of a read in the file's
+    /// layout, rows x GGUF row bytes of a repacked one.
+    file_layout_len: u64,
     unmapped_bytes: u64,
     out_of_extent: u64,
     first_bad: Option<String>,
+    /// Repacked reads whose `len` is not rows x the buffer's row bytes.
+    bad_len: u64,
+    first_bad_len: Option<String>,
 }
 
 fn bucket(run: u64) -> usize {
@@ -131,9 +142,11 @@ impl FileOrderAcc {
                 _ => (u64::MAX, 0, 0, 0, false),
             })
             .collect();
+        let buffer_row = b.facts.iter().map(|f| f.buffer_row_bytes).collect();
         let n = b.facts.len();
         FileOrderAcc {
             map,
+            buffer_row,
             threads: Vec::new(),
             steps: Vec::new(),
             step_index: HashMap::new(),
@@ -148,9 +161,12 @@ impl FileOrderAcc {
             slot: 0,
             file_len: b.file_len.max(1),
             weight_len: 0,
+            file_layout_len: 0,
             unmapped_bytes: 0,
             out_of_extent: 0,
             first_bad: None,
+            bad_len: 0,
+            first_bad_len: None,
         }
     }
 
@@ -190,6 +206,26 @@ impl Accumulator for FileOrderAcc {
             return;
         }
         self.weight_len += r.len;
+        if repacked {
+            let rows = (r.row1 as u64).saturating_sub(r.row0 as u64);
+            let want = rows * self.buffer_row[r.tensor_id as usize];
+            if r.len != want {
+                self.bad_len += 1;
+                if self.first_bad_len.is_none() {
+                    self.first_bad_len = Some(format!(
+                        "a read of repacked tensor {} rows {}..{} is {} bytes, not {rows} x {} (its rows in its buffer)",
+                        r.tensor_id,
+                        r.row0,
+                        r.row1,
+                        r.len,
+                        self.buffer_row[r.tensor_id as usize]
+                    ));
+                }
+            }
+            self.file_layout_len += rows * row_bytes;
+        } else {
+            self.file_layout_len += r.len;
+        }
         let (a, b) = if repacked {
             let base = if r.expert >= 0 {
                 r.expert as u64 * rpe
@@ -368,6 +404,7 @@ struct Finished {
     first_touch_order: Vec<String>,
     check: CheckOutcome,
     weight_len: u64,
+    file_layout_len: u64,
     mapped: u64,
 }
 
@@ -473,12 +510,19 @@ fn finish(b: &Bundle, acc: FileOrderAcc) -> Finished {
 
     // The check.
     let mut fails = Vec::new();
-    if mapped != acc.weight_len {
+    if mapped != acc.file_layout_len {
         fails.push(format!(
-            "bytes mapped to file offsets {} != weight bytes read {} ({} bytes of weight reads could not be mapped)",
+            "bytes mapped to file offsets {} != weight bytes read in the file's layout {} ({} bytes of weight reads could not be mapped)",
             mapped,
-            acc.weight_len,
-            acc.weight_len.saturating_sub(mapped)
+            acc.file_layout_len,
+            acc.file_layout_len.saturating_sub(mapped)
+        ));
+    }
+    if acc.bad_len > 0 {
+        fails.push(format!(
+            "{} repacked reads are not whole rows of their buffer; first: {}",
+            acc.bad_len,
+            acc.first_bad_len.clone().unwrap_or_default()
         ));
     }
     if acc.out_of_extent > 0 {
@@ -527,8 +571,13 @@ fn finish(b: &Bundle, acc: FileOrderAcc) -> Finished {
         ext.len() as u64 + 1,
         fails,
         format!(
-            "{} of weight reads mapped to file offsets = the weight bytes of traffic; {} tensor extents inside the file, none overlapping",
+            "{} of weight reads mapped to file offsets = the weight bytes read in the file's layout{}; {} tensor extents inside the file, none overlapping",
             bytes(mapped),
+            if acc.file_layout_len != acc.weight_len {
+                format!(" ({} as read from packed buffers)", bytes(acc.weight_len))
+            } else {
+                String::new()
+            },
             ext.len()
         ),
     );
@@ -560,6 +609,7 @@ fn finish(b: &Bundle, acc: FileOrderAcc) -> Finished {
             .collect(),
         check,
         weight_len: acc.weight_len,
+        file_layout_len: acc.file_layout_len,
         mapped,
     }
 }
@@ -783,6 +833,7 @@ impl Experiment for FileOrder {
                     "first_touch_order": f.first_touch_order,
                     "mapped_bytes": f.mapped,
                     "weight_bytes": f.weight_len,
+                    "weight_bytes_file_layout": f.file_layout_len,
                     "file_len": b.file_len,
                 })
             })
@@ -791,7 +842,7 @@ impl Experiment for FileOrder {
             name: self.name().into(),
             title: self.title().into(),
             measured: "Every weight read mapped to absolute GGUF file offsets (repacked rows through the registry's row mapping) and 4 KiB pages: the fraction of page transitions that are sequential per step, run lengths, where the jumps are, and the same figures for a file laid out in first-touch order.".into(),
-            check_title: "bytes mapped to file offsets = weight bytes of traffic, every read inside its tensor's extent, extents disjoint and inside the file".into(),
+            check_title: "bytes mapped to file offsets = weight bytes read in the file's layout (a packed AMX row counted as its GGUF row), every repacked read whole rows of its buffer, every read inside its tensor's extent, extents disjoint and inside the file".into(),
             checks: fin.into_iter().map(|f| f.check).collect(),
             tables,
             plots,

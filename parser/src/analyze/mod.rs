@@ -86,6 +86,9 @@ pub struct TensorFacts {
     /// Experts (dim 2), 1 for a 2-D tensor.
     pub n_expert: u64,
     pub repacked: bool,
+    /// Bytes of one row as it lies in the tensor's buffer (the GGUF
+    /// `row_bytes`, except for a packed layout: AMX).
+    pub buffer_row_bytes: u64,
 }
 
 /// One opened bundle and what every experiment needs to know about it.
@@ -130,6 +133,11 @@ impl Bundle {
                     rows_per_expert: if n_expert > 1 { t.shape[1] } else { t.n_rows },
                     n_expert,
                     repacked: t.source == MemorySource::Repacked,
+                    buffer_row_bytes: if t.n_rows > 0 && t.buffer_bytes.is_some() {
+                        t.resident_bytes() / t.n_rows
+                    } else {
+                        t.row_bytes
+                    },
                 }
             })
             .collect();
@@ -598,6 +606,74 @@ mod tests {
         let r = run(&b, "file-order");
         // (The KV reads of layer 0 moved too; file-order maps weights only.)
         assert!(check(&r).passed, "{}", check(&r).detail);
+    }
+
+    #[test]
+    fn packed_buffers_are_counted_as_read() {
+        // AMX packs a weight's rows larger than the GGUF layout: the records
+        // carry the packed bytes, the registry the packed size. Traffic holds
+        // the reads to the packed size, file-order maps them through rows.
+        let mut b = TestBundle::small();
+        let mut packed = std::collections::HashMap::new();
+        for t in b
+            .reg
+            .tensors
+            .iter_mut()
+            .filter(|t| t.kind == TensorKind::Weight && t.layer == Some(0) && t.n_rows > 0)
+        {
+            t.source = MemorySource::Repacked;
+            t.buffer_type = "AMX".into();
+            t.buffer_bytes = Some(t.n_rows * (t.row_bytes + 4));
+            packed.insert(t.id, t.row_bytes + 4);
+        }
+        assert!(!packed.is_empty());
+        for r in b.recs.iter_mut().filter(|r| r.op == Op::MulMat as u8) {
+            if let Some(&row) = packed.get(&r.tensor_id) {
+                r.len = (r.row1 - r.row0) as u64 * row;
+            }
+        }
+        b.write();
+        // (The synthetic KV reads do not follow llama.cpp's padding, so
+        // traffic is held to its weight figures only.)
+        let weights_hold = |b: &TestBundle| {
+            let bundle = Bundle::open("A", b.path()).unwrap();
+            let (steps, _) = traffic::steps_of(&bundle);
+            steps
+                .iter()
+                .filter(|s| s.phase == "decode")
+                .all(|s| s.split.weights == s.expected_weights)
+        };
+        assert!(weights_hold(&b));
+        let r = run(&b, "file-order");
+        assert!(check(&r).passed, "{}", check(&r).detail);
+        let d = &r.experiments[0].data[0];
+        assert_eq!(d["mapped_bytes"], d["weight_bytes_file_layout"]);
+        assert!(d["weight_bytes"].as_u64() > d["mapped_bytes"].as_u64());
+
+        // The registry without the packed size: traffic sees more bytes read
+        // than the weights hold, file-order reads that are not whole rows.
+        let saved = b.reg.clone();
+        for t in b.reg.tensors.iter_mut() {
+            t.buffer_bytes = None;
+        }
+        b.write();
+        assert!(!weights_hold(&b));
+        let r = run(&b, "traffic");
+        assert!(
+            check(&r).detail.contains("weight bytes read"),
+            "{}",
+            check(&r).detail
+        );
+        let r = run(&b, "file-order");
+        assert!(!check(&r).passed);
+        assert!(
+            check(&r).detail.contains("not whole rows of their buffer"),
+            "{}",
+            check(&r).detail
+        );
+        b.reg = saved;
+        b.write();
+        assert!(weights_hold(&b));
     }
 
     #[test]

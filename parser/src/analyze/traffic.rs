@@ -4,10 +4,11 @@
 //!
 //! The check holds every decode step to what the model says it must read:
 //!
-//! - weights: the bytes read by weight matmuls equal the GGUF sizes of the
-//!   weights used (each node that reads a weight reads all of it; a
-//!   `mul_mat_id` node reads its experts' share), and every decode step uses
-//!   the same set of weights;
+//! - weights: the bytes read by weight matmuls equal the sizes of the
+//!   weights used as they lie in their buffers (each node that reads a weight
+//!   reads all of it; a `mul_mat_id` node reads its experts' share), and
+//!   every decode step uses the same set of weights. That is the GGUF size,
+//!   except for a packed layout (AMX: the registry's `buffer_bytes`);
 //! - embedding: one `token_embd` row per token of the batch;
 //! - KV cache: with flash attention off, each layer reads K and V over the
 //!   attended KV length as llama.cpp pads it (the cells in use rounded up to
@@ -124,7 +125,14 @@ impl TrafficAcc {
                 } else {
                     1
                 };
-                (k, t.bytes, t.row_bytes, t.n_rows, ne)
+                // A weight is read as it lies in its buffer (AMX packs rows
+                // larger than the GGUF layout).
+                let bytes = if k == K_W {
+                    t.resident_bytes()
+                } else {
+                    t.bytes
+                };
+                (k, bytes, t.row_bytes, t.n_rows, ne)
             })
             .collect();
         TrafficAcc {
@@ -330,7 +338,7 @@ fn finish(b: &Bundle, mut acc: TrafficAcc) -> Finished {
         if decode {
             if s.split.weights != expected_weights {
                 fails.push(format!(
-                    "step {step}: weight bytes read {} != GGUF size of the {} weights used {}",
+                    "step {step}: weight bytes read {} != size in their buffers (GGUF size, or packed) of the {} weights used {}",
                     s.split.weights,
                     set.len(),
                     expected_weights
@@ -426,12 +434,28 @@ fn finish(b: &Bundle, mut acc: TrafficAcc) -> Finished {
     }
     let bytes_per_decode_token = (!decode.is_empty())
         .then(|| decode.iter().map(|r| r.total).sum::<u64>() / decode.len() as u64);
+    // Weights of the decode steps packed larger than their GGUF layout.
+    let packed = first_set.as_ref().map_or(0, |(_, set)| {
+        set.iter()
+            .filter(|&&t| {
+                b.trace
+                    .registry()
+                    .get(t)
+                    .is_some_and(|x| x.resident_bytes() != x.bytes)
+            })
+            .count()
+    });
     let ok = match decode.first() {
         Some(d) => format!(
-            "{} decode steps: weights {} = GGUF size of {} tensors, KV {} = 2 x {} layers x n_kv {} x row bytes, one embedding row per token",
+            "{} decode steps: weights {} = size of {} tensors in their buffers{}, KV {} = 2 x {} layers x n_kv {} x row bytes, one embedding row per token",
             decode.len(),
             bytes(d.split.weights),
             d.weight_tensors,
+            if packed > 0 {
+                format!(" ({packed} packed larger than GGUF)")
+            } else {
+                " (GGUF size)".into()
+            },
             bytes(d.split.kv_cache),
             d.kv_tensors / 2,
             d.n_kv
@@ -722,7 +746,7 @@ impl Experiment for Traffic {
             name: self.name().into(),
             title: self.title().into(),
             measured: "Bytes read per step (sum of record lengths plus activation operands), split into weights, KV cache, activations and embedding rows, for the prompt and every decode step, per layer and per op.".into(),
-            check_title: "per decode step, weight bytes = GGUF sizes of the weights used, one embedding row per token, KV bytes = layers x 2 x padded n_kv x row bytes, and every traced step present".into(),
+            check_title: "per decode step, weight bytes = sizes of the weights used in their buffers (GGUF, or AMX-packed), one embedding row per token, KV bytes = layers x 2 x padded n_kv x row bytes, and every traced step present".into(),
             checks: fin.into_iter().map(|f| f.check).collect(),
             tables,
             plots: vec![p1, p2],

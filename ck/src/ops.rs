@@ -318,6 +318,9 @@ pub fn dot_lanes<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
 /// [`dot_lanes`] with the lane count chosen at run time: what ggml's
 /// tinyBLAS computes for an F16 x F16 matmul of two or more columns.
 pub fn dot_ggml(lanes: usize, a: &[f32], b: &[f32]) -> f32 {
+    if let Some(d) = crate::ops_x86::dot_lanes(lanes, a, b) {
+        return d;
+    }
     if lanes == 16 {
         dot_lanes::<16>(a, b)
     } else {
@@ -332,6 +335,18 @@ pub fn dot_ggml(lanes: usize, a: &[f32], b: &[f32]) -> f32 {
 /// (`_mm512_reduce_add_ps`) or, for 8 lanes, summed as AVX2's two `hadd`s
 /// do; the tail past the last full step added in f64.
 pub fn dot_ggml_vec(lanes: usize, a: &[f32], b: &[f32]) -> f32 {
+    if let Some((s, np)) = crate::ops_x86::dot_vec(lanes, a, b) {
+        let mut sumf = s as f64;
+        for i in np..a.len().min(b.len()) {
+            sumf += (a[i] * b[i]) as f64;
+        }
+        return sumf as f32;
+    }
+    dot_ggml_vec_scalar(lanes, a, b)
+}
+
+/// [`dot_ggml_vec`] emulated lane by lane (the reference of its SIMD twin).
+pub(crate) fn dot_ggml_vec_scalar(lanes: usize, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let step = 4 * lanes;
     let np = n / step * step;

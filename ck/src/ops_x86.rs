@@ -246,6 +246,193 @@ pub(crate) fn exp_sub(lanes: usize, x: &mut [f32], max: f32) -> usize {
     0
 }
 
+/// The scalar `fold` of 16 lanes (`v[i] += v[i + 8]`, then 4, 2, 1) in
+/// registers.
+///
+/// # Safety
+///
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn fold16(v: __m512) -> f32 {
+    let h = _mm256_add_ps(
+        _mm512_castps512_ps256(v),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+    );
+    fold8(h)
+}
+
+/// The scalar `fold` of 8 lanes (`v[i] += v[i + 4]`, then 2, 1).
+///
+/// # Safety
+///
+/// AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn fold8(v: __m256) -> f32 {
+    let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps::<1>(d, d)))
+}
+
+/// `ops::dot_lanes::<16>`: 16 lane accumulators (`acc + a * b`, two
+/// roundings), the partial last vector loaded masked (its missing lanes add
+/// `+0 * +0`, which leaves an accumulator that started at `+0` as it is),
+/// folded by halves.
+///
+/// # Safety
+///
+/// AVX-512F; `n <= a.len(), b.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+unsafe fn dot_lanes16(a: &[f32], b: &[f32], n: usize) -> f32 {
+    let mut acc = _mm512_setzero_ps();
+    let full = n / 16 * 16;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 <= full <= n.
+        let p = _mm512_mul_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+        acc = _mm512_add_ps(acc, p);
+    }
+    if full < n {
+        let m: __mmask16 = (1u32 << (n - full)) as u16 - 1;
+        // SAFETY: the mask reads elements full..n only.
+        let p = _mm512_mul_ps(
+            _mm512_maskz_loadu_ps(m, pa.add(full)),
+            _mm512_maskz_loadu_ps(m, pb.add(full)),
+        );
+        acc = _mm512_add_ps(acc, p);
+    }
+    fold16(acc)
+}
+
+/// `ops::dot_lanes::<8>` (see [`dot_lanes16`]).
+///
+/// # Safety
+///
+/// AVX2; `n <= a.len(), b.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_lanes8(a: &[f32], b: &[f32], n: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let full = n / 8 * 8;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for i in (0..full).step_by(8) {
+        // SAFETY: i + 8 <= full <= n.
+        let p = _mm256_mul_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+        acc = _mm256_add_ps(acc, p);
+    }
+    if full < n {
+        let r = (n - full) as i32;
+        let m = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(r),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        // SAFETY: the mask reads elements full..n only.
+        let p = _mm256_mul_ps(
+            _mm256_maskload_ps(pa.add(full), m),
+            _mm256_maskload_ps(pb.add(full), m),
+        );
+        acc = _mm256_add_ps(acc, p);
+    }
+    fold8(acc)
+}
+
+/// `ops::dot_lanes::<lanes>(a, b)`, bit for bit, if this CPU has the
+/// `lanes`-wide features; `None` otherwise.
+#[inline]
+pub(crate) fn dot_lanes(lanes: usize, a: &[f32], b: &[f32]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if have(lanes) {
+        let n = a.len().min(b.len());
+        // SAFETY: `have` checked the features; n fits both slices.
+        return Some(unsafe {
+            if lanes == 16 {
+                dot_lanes16(a, b, n)
+            } else {
+                dot_lanes8(a, b, n)
+            }
+        });
+    }
+    let _ = (lanes, a, b);
+    None
+}
+
+/// `ops::dot_ggml_vec(16, ..)` over its full steps of 64 elements: four
+/// accumulators, reduced `(x0 + x2) + (x1 + x3)` and folded; the caller adds
+/// the tail.
+///
+/// # Safety
+///
+/// AVX-512F; `np <= a.len(), b.len()`, a multiple of 64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+unsafe fn dot_vec16(a: &[f32], b: &[f32], np: usize) -> f32 {
+    let mut x = [_mm512_setzero_ps(); 4];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for i in (0..np).step_by(64) {
+        for (j, acc) in x.iter_mut().enumerate() {
+            // SAFETY: i + 16 * j + 16 <= np.
+            let p = _mm512_mul_ps(
+                _mm512_loadu_ps(pa.add(i + 16 * j)),
+                _mm512_loadu_ps(pb.add(i + 16 * j)),
+            );
+            *acc = _mm512_add_ps(*acc, p);
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(x[0], x[2]), _mm512_add_ps(x[1], x[3]));
+    fold16(s)
+}
+
+/// `ops::dot_ggml_vec(8, ..)` over its full steps of 32 elements; the lanes
+/// summed as AVX2's two `hadd`s do (`(t0 + t1) + (t2 + t3)` of `t[i] = x[i]
+/// + x[i + 4]`).
+///
+/// # Safety
+///
+/// AVX2; `np <= a.len(), b.len()`, a multiple of 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_vec8(a: &[f32], b: &[f32], np: usize) -> f32 {
+    let mut x = [_mm256_setzero_ps(); 4];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for i in (0..np).step_by(32) {
+        for (j, acc) in x.iter_mut().enumerate() {
+            // SAFETY: i + 8 * j + 8 <= np.
+            let p = _mm256_mul_ps(
+                _mm256_loadu_ps(pa.add(i + 8 * j)),
+                _mm256_loadu_ps(pb.add(i + 8 * j)),
+            );
+            *acc = _mm256_add_ps(*acc, p);
+        }
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
+    let t = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    let h = _mm_hadd_ps(t, t);
+    _mm_cvtss_f32(_mm_hadd_ps(h, h))
+}
+
+/// The vector part of `ops::dot_ggml_vec`: `(sum over the full steps, np)`
+/// if this CPU has the `lanes`-wide features.
+#[inline]
+pub(crate) fn dot_vec(lanes: usize, a: &[f32], b: &[f32]) -> Option<(f32, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    if have(lanes) {
+        let n = a.len().min(b.len());
+        let np = n / (4 * lanes) * (4 * lanes);
+        // SAFETY: `have` checked the features; np fits both slices.
+        return Some(unsafe {
+            if lanes == 16 {
+                (dot_vec16(a, b, np), np)
+            } else {
+                (dot_vec8(a, b, np), np)
+            }
+        });
+    }
+    let _ = (lanes, a, b);
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +507,36 @@ mod tests {
                     "{lanes} lanes, gate {}",
                     g[i]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn vector_dots_equal_the_scalar_emulations() {
+        let x = inputs();
+        let a: Vec<f32> = x.iter().map(|v| v * 0.01).collect();
+        let b: Vec<f32> = x.iter().rev().map(|v| 0.5 - v * 0.003).collect();
+        for lanes in [16usize, 8] {
+            if !have(lanes) {
+                eprintln!("skipping the {lanes}-lane check: this CPU lacks its features");
+                continue;
+            }
+            // Every tail length, short and long vectors, and offsets that
+            // misalign the loads.
+            for n in (0..300).chain([511, 512, 513, 4096, 4099]) {
+                for off in [0usize, 3] {
+                    let (a, b) = (&a[off..off + n], &b[off + 7..off + 7 + n]);
+                    let want = if lanes == 16 {
+                        crate::ops::dot_lanes::<16>(a, b)
+                    } else {
+                        crate::ops::dot_lanes::<8>(a, b)
+                    };
+                    let got = dot_lanes(lanes, a, b).unwrap();
+                    assert_eq!(got.to_bits(), want.to_bits(), "dot_lanes {lanes} n {n}");
+                    let want = crate::ops::dot_ggml_vec_scalar(lanes, a, b);
+                    let got = crate::ops::dot_ggml_vec(lanes, a, b);
+                    assert_eq!(got.to_bits(), want.to_bits(), "dot_ggml_vec {lanes} n {n}");
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 //! decode steps, printing the median of each; meant for `perf record`.
 //!
 //! `cargo run --release -p cktrace-ck --example prefill -- MODEL [N] [R] [D] [THREADS]`
+//! (`CK_WEIGHTS=copy` copies the weights into the arena instead of mapping them).
 
 use std::time::Instant;
 
@@ -29,7 +30,10 @@ fn main() {
                 batch: n,
                 threads,
                 kv_type: KvType::F16,
-                weights: WeightPlacement::Map,
+                weights: match std::env::var("CK_WEIGHTS").as_deref() {
+                    Ok("copy") => WeightPlacement::Copy,
+                    _ => WeightPlacement::Map,
+                },
             },
             kernels: None,
             check_canaries: false,

@@ -230,7 +230,7 @@ pub(crate) mod avx512 {
         dpbusd(a.off, wu, a.y)
     }
 
-    scaled_block_tile!(BlockQ5_0, BlockQ8_0);
+    paired_block_tile!(BlockQ5_0, BlockQ8_0);
 
     tile_drivers!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",

@@ -355,6 +355,9 @@ pub(crate) use tile_drivers;
 /// level that uses it returns ggml's bits.
 macro_rules! scaled_block_tile {
     ($W:ty, $X:ty) => {
+        scaled_block_tile!($W, $X, tile);
+    };
+    ($W:ty, $X:ty, $tile:ident) => {
         /// One activation block, loaded once per tile column.
         struct Act {
             y: __m256i,
@@ -366,7 +369,7 @@ macro_rules! scaled_block_tile {
         ///
         /// The CPU features of this module's kernels.
         #[inline(always)]
-        unsafe fn tile<const R: usize, const C: usize>(
+        unsafe fn $tile<const R: usize, const C: usize>(
             rows: [&[$W]; R],
             xs: [&[$X]; C],
             pf: Prefetch,
@@ -420,6 +423,104 @@ macro_rules! scaled_block_tile {
     };
 }
 pub(crate) use scaled_block_tile;
+
+/// [`scaled_block_tile`] for the AVX-512 levels, with two rows in one
+/// 512-bit register: the low half holds row `2p`'s eight lanes, the high
+/// half row `2p + 1`'s, so one `vpdpbusd`, one conversion, one scale
+/// multiply and one FMA serve two rows. Each half computes exactly the
+/// operations of the eight-lane tile on the same values (integer lanes are
+/// exact; the multiply and FMA are per lane), so the bits are those of
+/// `tile_lanes8` and of ggml's AVX2 `vec_dot`. Tiles with an odd row count
+/// take `tile_lanes8`. The module's `lanes` must be `dpbusd(a.off, wu, a.y)`.
+macro_rules! paired_block_tile {
+    ($W:ty, $X:ty) => {
+        scaled_block_tile!($W, $X, tile_lanes8);
+
+        /// Two rows per register where the tile has an even row count.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels (AVX-512F, VNNI).
+        #[inline(always)]
+        unsafe fn tile_pairs<const R: usize, const C: usize>(
+            rows: [&[$W]; R],
+            xs: [&[$X]; C],
+            pf: Prefetch,
+        ) -> [[f32; R]; C] {
+            let nb = xs[0].len();
+            for r in &rows {
+                assert_eq!(r.len(), nb);
+            }
+            for x in &xs {
+                assert_eq!(x.len(), nb);
+            }
+            // Lane l of the scale vector comes from element l / 8 of the
+            // pair's two scales.
+            let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+            // Accumulators [column][pair]; only the first R / 2 pairs used.
+            let mut acc = [[_mm512_setzero_ps(); R]; C];
+            for b in 0..nb {
+                pf.step(b);
+                let mut wz = [_mm512_setzero_si512(); R];
+                let mut dw = [_mm_setzero_ps(); R];
+                for p in 0..R / 2 {
+                    let (w0, w1) = (&rows[2 * p][b], &rows[2 * p + 1][b]);
+                    wz[p] =
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(weights(w0)), weights(w1));
+                    let bits = (u16::from_le_bytes(w0.d) as u32)
+                        | ((u16::from_le_bytes(w1.d) as u32) << 16);
+                    dw[p] = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+                }
+                for c in 0..C {
+                    let a = act(&xs[c][b]);
+                    let yz = _mm512_broadcast_i64x4(a.y);
+                    let offz = _mm512_broadcast_i64x4(a.off);
+                    let dx = _mm256_castps256_ps128(a.d);
+                    for p in 0..R / 2 {
+                        // d_w * d_x for both rows, then spread over halves.
+                        let d = _mm512_permutexvar_ps(
+                            halves,
+                            _mm512_castps128_ps512(_mm_mul_ps(dw[p], dx)),
+                        );
+                        let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(offz, wz[p], yz));
+                        acc[c][p] = _mm512_fmadd_ps(d, q, acc[c][p]);
+                    }
+                }
+            }
+            let mut out = [[0.0f32; R]; C];
+            for c in 0..C {
+                for p in 0..R / 2 {
+                    let v = acc[c][p];
+                    out[c][2 * p] = hsum_float_8(_mm512_castps512_ps256(v));
+                    out[c][2 * p + 1] = hsum_float_8(_mm256_castpd_ps(
+                        _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)),
+                    ));
+                }
+            }
+            out
+        }
+
+        /// The module's tile: row pairs in 512-bit registers, a single row
+        /// in eight lanes.
+        ///
+        /// # Safety
+        ///
+        /// The CPU features of this module's kernels.
+        #[inline(always)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            rows: [&[$W]; R],
+            xs: [&[$X]; C],
+            pf: Prefetch,
+        ) -> [[f32; R]; C] {
+            if R % 2 == 0 {
+                tile_pairs(rows, xs, pf)
+            } else {
+                tile_lanes8(rows, xs, pf)
+            }
+        }
+    };
+}
+pub(crate) use paired_block_tile;
 
 /// ggml's `hsum` of a 4-lane accumulator in the K-quant kernels
 /// (`acc_m + movehl`, then `add_ss` with `movehdup`).

@@ -108,6 +108,10 @@ pub struct BenchArgs {
     /// Flash attention: auto (llama.cpp's default, on for CPU), on or off.
     #[arg(long, value_enum, default_value_t = FlashAttn::Auto)]
     pub flash_attn: FlashAttn,
+    /// bench engines: where the ck engine keeps its weights, as `run
+    /// --engine ck --weights` (map the file, or copy into the arena).
+    #[arg(long, value_parser = <cktrace_ck::layout::WeightPlacement as std::str::FromStr>::from_str, default_value = "map")]
+    pub weights: cktrace_ck::layout::WeightPlacement,
 }
 
 pub fn median(v: &[f64]) -> f64 {

@@ -19,7 +19,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use cktrace_ck::layout::{KvType, LayoutOptions, WeightPlacement};
+use cktrace_ck::layout::{KvType, LayoutOptions};
 use cktrace_ck::{Engine, EngineOptions};
 
 use super::{fmt_list, median, paired_ratio, resolve_prompt_tokens, BenchArgs};
@@ -150,7 +150,7 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
                 batch: prompt.len().max(1),
                 threads: a.threads as usize,
                 kv_type: KvType::F16,
-                weights: WeightPlacement::Map,
+                weights: a.weights,
             },
             kernels: None,
             check_canaries: false,
@@ -162,7 +162,7 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
     let ck_prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
 
     println!(
-        "bench engines: {} ({}), {} threads, prefill {} tokens + {} decode steps, {} alternating pairs, ggml flash attention {:?}, ck kernels {}",
+        "bench engines: {} ({}), {} threads, prefill {} tokens + {} decode steps, {} alternating pairs, ggml flash attention {:?}, ck kernels {}, ck weights {}",
         a.model.display(),
         model.desc(),
         a.threads,
@@ -170,7 +170,8 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
         a.n,
         a.reps,
         a.flash_attn,
-        ck.kernels().level()
+        ck.kernels().level(),
+        a.weights
     );
     let bw0 = read_bandwidth(a.threads as usize, 5);
     // Warm-up: page the weights in for both engines, start both pools.

@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// --engine ck --weights` (map the file, or copy into the arena).
     #[arg(long, value_parser = <cktrace_ck::layout::WeightPlacement as std::str::FromStr>::from_str, default_value = "map")]
     pub weights: cktrace_ck::layout::WeightPlacement,
+    /// bench engines: the ck engine's output head layout, as `run --engine
+    /// ck --head`.
+    #[arg(long, value_parser = <cktrace_ck::layout::HeadLayout as std::str::FromStr>::from_str, default_value = "packed")]
+    pub head: cktrace_ck::layout::HeadLayout,
 }
 
 pub fn median(v: &[f64]) -> f64 {

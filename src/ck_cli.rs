@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 
-use cktrace_ck::layout::{KvType, LayoutOptions, WeightPlacement};
+use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, WeightPlacement};
 use cktrace_ck::quant::KernelLevel;
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -50,6 +50,10 @@ pub struct EngineArgs {
     /// into the arena (copy).
     #[arg(long, value_parser = WeightPlacement::from_str, default_value = "map")]
     pub weights: WeightPlacement,
+    /// ck: a Q8_0 output head is copied into the arena sixteen rows
+    /// interleaved (packed) or read in the GGUF layout (plain).
+    #[arg(long, value_parser = HeadLayout::from_str, default_value = "packed")]
+    pub head: HeadLayout,
     /// ck: most prompt tokens computed in one pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -77,6 +81,7 @@ impl EngineArgs {
             (self.kernels.is_some(), "--kernels"),
             (self.kv_type != KvType::F16, "--kv-type"),
             (self.weights != WeightPlacement::Map, "--weights"),
+            (self.head != HeadLayout::Packed, "--head"),
             (self.batch != 64, "--batch"),
             (self.check_canaries, "--check-canaries"),
             (self.dump_step.is_some(), "--dump-step"),
@@ -122,6 +127,7 @@ pub fn run(path: &Path, e: &EngineArgs, p: &RunParams, out: &mut dyn Write) -> R
             threads: p.threads,
             kv_type: e.kv_type,
             weights: e.weights,
+            head: e.head,
         },
         kernels: e.kernels,
         check_canaries: e.check_canaries,
@@ -232,6 +238,8 @@ pub struct LayoutArgs {
     pub kv_type: KvType,
     #[arg(long, value_parser = WeightPlacement::from_str, default_value = "map")]
     pub weights: WeightPlacement,
+    #[arg(long, value_parser = HeadLayout::from_str, default_value = "packed")]
+    pub head: HeadLayout,
     /// Write here instead of standard output.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -245,6 +253,7 @@ pub fn layout(a: &LayoutArgs, path: &Path, stdout: &mut dyn Write) -> Result<()>
         threads: a.threads,
         kv_type: a.kv_type,
         weights: a.weights,
+        head: a.head,
     };
     let plan = cktrace_ck::engine::plan(path, &o).context("planning the layout")?;
     let json = plan.layout().to_json();

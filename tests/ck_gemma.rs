@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use cktrace::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use cktrace::llama::{self, Context, ContextParams, FlashAttn, Model, ModelParams};
-use cktrace_ck::layout::{KvType, LayoutOptions, Memory, WeightPlacement};
+use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, Memory, WeightPlacement};
 use cktrace_ck::profile::GgmlProfile;
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -58,6 +58,7 @@ fn opts() -> EngineOptions {
             threads: 2,
             kv_type: KvType::F16,
             weights: WeightPlacement::Map,
+            head: HeadLayout::Packed,
         },
         kernels: None,
         check_canaries: true,

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use cktrace::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use cktrace::llama::{self, Context, ContextParams, FlashAttn, Model, ModelParams};
-use cktrace_ck::layout::{KvType, LayoutOptions, Memory, WeightPlacement};
+use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, Memory, WeightPlacement};
 use cktrace_ck::profile::GgmlProfile;
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -150,6 +150,7 @@ fn opts() -> EngineOptions {
             threads: 2,
             kv_type: KvType::F16,
             weights: WeightPlacement::Map,
+            head: HeadLayout::Packed,
         },
         kernels: None,
         check_canaries: true,
@@ -285,21 +286,23 @@ fn logits_are_bitwise_identical_across_threads_and_placement() {
     let path = model("smollm2");
     let prompt: Vec<u32> = vec![1, 504, 3458, 282, 260, 4889, 3110, 4089, 281];
     let mut runs = Vec::new();
-    for (threads, weights) in [
-        (1, WeightPlacement::Map),
-        (2, WeightPlacement::Map),
-        (3, WeightPlacement::Copy),
+    for (threads, weights, head) in [
+        (1, WeightPlacement::Map, HeadLayout::Packed),
+        (2, WeightPlacement::Map, HeadLayout::Packed),
+        (3, WeightPlacement::Copy, HeadLayout::Packed),
+        (2, WeightPlacement::Map, HeadLayout::Plain),
     ] {
         let mut o = opts();
         o.layout.threads = threads;
         o.layout.weights = weights;
+        o.layout.head = head;
         let mut e = Engine::new(&path, o).unwrap();
         let mut all = e.forward(&prompt, 0).unwrap().to_vec();
         let next = argmax(&all) as u32;
         all.extend_from_slice(e.forward(&[next], prompt.len()).unwrap());
         runs.push(all);
     }
-    assert!(runs[0] == runs[1] && runs[1] == runs[2]);
+    assert!(runs[0] == runs[1] && runs[1] == runs[2] && runs[2] == runs[3]);
 }
 
 /// layout.json's weight entries are where ggml's own GGUF reader says the

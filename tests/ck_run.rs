@@ -76,7 +76,7 @@ fn layout_json_is_byte_identical_and_its_weights_are_the_file_ranges() {
     }
     let j: serde_json::Value = serde_json::from_slice(&layout("smollm2-q4km", &[])).unwrap();
     assert_eq!(j["format"], "cktrace-layout");
-    assert_eq!(j["version"], 1);
+    assert_eq!(j["version"], 2);
     let text = j.to_string();
     assert!(
         !text.contains("/root") && !text.contains(".gguf"),
@@ -91,8 +91,18 @@ fn layout_json_is_byte_identical_and_its_weights_are_the_file_ranges() {
         entries.extend(l["entries"].as_array().unwrap());
     }
     let mut weights = 0;
+    let mut packed = 0;
     for e in &entries {
-        if e["kind"] == "weight" {
+        if e["kind"] == "weight" && e.get("packing").is_some() {
+            // The Q8_0 head's packed copy: the tensor's bytes, permuted,
+            // in the arena.
+            let t = g.tensor(e["name"].as_str().unwrap()).unwrap();
+            assert_eq!(e["packing"], "q8_0_x16");
+            assert_eq!(e["memory"], "arena");
+            assert_eq!(e["size"].as_u64(), Some(t.size), "{}", t.name);
+            assert_eq!(e["file_offset"].as_u64(), Some(t.file_offset));
+            packed += 1;
+        } else if e["kind"] == "weight" {
             let t = g.tensor(e["name"].as_str().unwrap()).unwrap();
             assert_eq!(e["memory"], "file");
             assert_eq!(e["offset"].as_u64(), Some(t.file_offset), "{}", t.name);
@@ -105,6 +115,7 @@ fn layout_json_is_byte_identical_and_its_weights_are_the_file_ranges() {
         }
     }
     assert_eq!(weights, g.tensors().len());
+    assert_eq!(packed, 1, "the Q8_0 head is packed by default");
     for name in [
         "attn_norm-0",
         "Qcur-0",

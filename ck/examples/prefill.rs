@@ -3,11 +3,12 @@
 //! decode steps, printing the median of each; meant for `perf record`.
 //!
 //! `cargo run --release -p cktrace-ck --example prefill -- MODEL [N] [R] [D] [THREADS]`
-//! (`CK_WEIGHTS=copy` copies the weights into the arena instead of mapping them).
+//! (`CK_WEIGHTS=copy` copies the weights into the arena instead of mapping them;
+//! `CK_HEAD=plain` reads the output head in the GGUF layout).
 
 use std::time::Instant;
 
-use cktrace_ck::layout::{KvType, LayoutOptions, WeightPlacement};
+use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, WeightPlacement};
 use cktrace_ck::{Engine, EngineOptions};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -33,6 +34,10 @@ fn main() {
                 weights: match std::env::var("CK_WEIGHTS").as_deref() {
                     Ok("copy") => WeightPlacement::Copy,
                     _ => WeightPlacement::Map,
+                },
+                head: match std::env::var("CK_HEAD").as_deref() {
+                    Ok("plain") => HeadLayout::Plain,
+                    _ => HeadLayout::Packed,
                 },
             },
             kernels: None,

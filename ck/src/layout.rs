@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::{CkError, Result};
 
 /// Version of the layout.json schema (docs/layout-format.md).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +96,41 @@ impl fmt::Display for WeightPlacement {
     }
 }
 
+/// How the output head is laid out when it is a Q8_0 matrix with a
+/// multiple of 16 rows (see `quant::q8_0_x16`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadLayout {
+    /// A copy in the arena, sixteen rows interleaved per block (the same
+    /// bytes, permuted): the decode step's largest read at memory speed.
+    /// A tied head keeps `token_embd.weight` where `weights` puts it for
+    /// the embedding lookup, as ggml keeps two buffers when it repacks.
+    #[default]
+    Packed,
+    /// The head is read in the GGUF layout, from where `weights` puts it.
+    Plain,
+}
+
+impl FromStr for HeadLayout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "packed" => Ok(HeadLayout::Packed),
+            "plain" => Ok(HeadLayout::Plain),
+            _ => Err(format!("unknown head layout {s:?} (known: packed, plain)")),
+        }
+    }
+}
+
+impl fmt::Display for HeadLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HeadLayout::Packed => "packed",
+            HeadLayout::Plain => "plain",
+        })
+    }
+}
+
 /// The run options the layout depends on (and nothing else does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayoutOptions {
@@ -107,6 +142,9 @@ pub struct LayoutOptions {
     pub threads: usize,
     pub kv_type: KvType,
     pub weights: WeightPlacement,
+    /// The output head's layout (absent in layouts written before it).
+    #[serde(default)]
+    pub head: HeadLayout,
 }
 
 impl Default for LayoutOptions {
@@ -117,6 +155,7 @@ impl Default for LayoutOptions {
             threads: 2,
             kv_type: KvType::F16,
             weights: WeightPlacement::Map,
+            head: HeadLayout::Packed,
         }
     }
 }
@@ -190,6 +229,10 @@ pub struct Entry {
     /// A weight's offset in the GGUF file (equal to `offset` when mapped).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub file_offset: Option<u64>,
+    /// A weight copied in a packed order (`q8_0_x16`): the same bytes as
+    /// the GGUF tensor, permuted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub packing: Option<String>,
 }
 
 impl Entry {
@@ -254,6 +297,7 @@ impl Planner {
             size,
             canary: Some(canary),
             file_offset: None,
+            packing: None,
         });
         Ok(RegionId(self.entries.len() - 1))
     }
@@ -295,6 +339,7 @@ impl Planner {
             size,
             canary: None,
             file_offset: Some(file_offset),
+            packing: None,
         });
         RegionId(self.entries.len() - 1)
     }
@@ -311,6 +356,23 @@ impl Planner {
     ) -> Result<RegionId> {
         let id = self.arena(name, Kind::Weight, layer, dtype, shape, size)?;
         self.entries[id.0].file_offset = Some(file_offset);
+        Ok(id)
+    }
+
+    /// A weight copied into the arena in the order `packing` names.
+    #[allow(clippy::too_many_arguments)]
+    pub fn packed_weight(
+        &mut self,
+        name: impl Into<String>,
+        layer: Option<u32>,
+        dtype: &str,
+        shape: Vec<u64>,
+        file_offset: u64,
+        size: u64,
+        packing: &str,
+    ) -> Result<RegionId> {
+        let id = self.arena_weight(name, layer, dtype, shape, file_offset, size)?;
+        self.entries[id.0].packing = Some(packing.to_string());
         Ok(id)
     }
 
@@ -401,7 +463,7 @@ impl Plan {
                 (_, Some(l)) if (l as usize) < layers.len() => {
                     layers[l as usize].entries.push(e.clone())
                 }
-                _ if is_output_name(&e.name) => output.push(e.clone()),
+                _ if is_output_name(&e.name) || e.packing.is_some() => output.push(e.clone()),
                 _ => input.push(e.clone()),
             }
         }

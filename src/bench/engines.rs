@@ -151,6 +151,7 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
                 threads: a.threads as usize,
                 kv_type: KvType::F16,
                 weights: a.weights,
+                head: a.head,
             },
             kernels: None,
             check_canaries: false,
@@ -162,7 +163,7 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
     let ck_prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
 
     println!(
-        "bench engines: {} ({}), {} threads, prefill {} tokens + {} decode steps, {} alternating pairs, ggml flash attention {:?}, ck kernels {}, ck weights {}",
+        "bench engines: {} ({}), {} threads, prefill {} tokens + {} decode steps, {} alternating pairs, ggml flash attention {:?}, ck kernels {}, ck weights {}, ck head {}",
         a.model.display(),
         model.desc(),
         a.threads,
@@ -171,7 +172,8 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
         a.reps,
         a.flash_attn,
         ck.kernels().level(),
-        a.weights
+        a.weights,
+        a.head
     );
     let bw0 = read_bandwidth(a.threads as usize, 5);
     // Warm-up: page the weights in for both engines, start both pools.

@@ -61,8 +61,8 @@ use super::super::engine::Regions;
 use crate::profile::WeightBuffer;
 
 use super::llama::{
-    attn_scratch_parts, kerr, mat, matmul, matmul_in, place, rms_rows, widen_group, ActQ, Cx, Mat,
-    Tensors,
+    attn_scratch_parts, head, kerr, mat, matmul, matmul_in, place, rms_rows, widen_group, ActQ, Cx,
+    Mat, Tensors,
 };
 
 /// One layer's regions.
@@ -229,6 +229,7 @@ pub fn plan(file: &ModelFile, c: &Config, o: &LayoutOptions) -> Result<(Plan, Ge
     } else {
         mat(&mut p, o, output_t, None)?
     };
+    let output = head(&mut p, o, output_t, output)?;
 
     let b = o.batch as u64;
     let (e64, ff) = (e as u64, c.n_ff as u64);

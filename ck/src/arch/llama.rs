@@ -42,7 +42,9 @@ use crate::arena::{f16s, f32s, f32s_mut};
 use crate::config::Config;
 use crate::error::{CkError, Result};
 use crate::gguf::{GgmlType, TensorInfo};
-use crate::layout::{Kind, LayoutOptions, ModelFacts, Plan, Planner, RegionId, WeightPlacement};
+use crate::layout::{
+    HeadLayout, Kind, LayoutOptions, ModelFacts, Plan, Planner, RegionId, WeightPlacement,
+};
 use crate::model::ModelFile;
 use crate::ops;
 use crate::pool::Pool;
@@ -59,6 +61,8 @@ pub struct Mat {
     pub k: usize,
     pub rows: usize,
     pub row_bytes: usize,
+    /// Packed sixteen rows per block (`quant::q8_0_x16`), in the arena.
+    pub packed: bool,
 }
 
 /// One layer's regions.
@@ -268,6 +272,32 @@ pub(crate) fn mat(
         k,
         rows: t.dims[1] as usize,
         row_bytes: quant::row_bytes(t.ggml_type, k).map_err(|e| CkError::Kernels(e.to_string()))?,
+        packed: false,
+    })
+}
+
+/// The output head `plain` (tensor `t`), or a packed copy of it when the
+/// options ask for one and it qualifies: Q8_0 with whole groups of 16 rows.
+pub(crate) fn head(p: &mut Planner, o: &LayoutOptions, t: &TensorInfo, plain: Mat) -> Result<Mat> {
+    if o.head != HeadLayout::Packed
+        || t.ggml_type != GgmlType::Q8_0
+        || !plain.rows.is_multiple_of(quant::q8_0_x16::PACK_ROWS)
+    {
+        return Ok(plain);
+    }
+    let id = p.packed_weight(
+        &t.name,
+        None,
+        t.ggml_type.name(),
+        t.dims.clone(),
+        t.file_offset,
+        t.size,
+        "q8_0_x16",
+    )?;
+    Ok(Mat {
+        id,
+        packed: true,
+        ..plain
     })
 }
 
@@ -351,6 +381,7 @@ pub fn plan(file: &ModelFile, c: &Config, o: &LayoutOptions) -> Result<(Plan, Ll
     } else {
         mat(&mut p, o, output_t, None)?
     };
+    let output = head(&mut p, o, output_t, output)?;
 
     let b = o.batch as u64;
     let (e64, ff) = (e as u64, c.n_ff as u64);
@@ -605,6 +636,9 @@ pub(crate) fn matmul_in(
     let vdt = quant::vec_dot_type(w.ty);
     let qb = aq.prepare(cx.kernels, vdt, x, w.k, n)?;
     let xq: &[u8] = aq.buf;
+    if w.packed {
+        return matmul_packed(cx, w, wdata, &xq[..n * qb], qb, n, out);
+    }
     let paths = cx.lanes.paths;
     let err = FirstErr::default();
     cx.pool.par_rows(&mut out[..n * w.rows], n, w.rows, 1, |r| {
@@ -654,6 +688,40 @@ pub(crate) fn matmul_in(
             } else {
                 cx.kernels.mat_vec_as(arith, w.ty, w.k, wr, x_t, r.token(t))
             };
+            if let Err(e) = res {
+                err.set(e);
+            }
+        }
+    });
+    err.check()
+}
+
+/// A packed Q8_0 matrix (`quant::q8_0_x16`) times `n` quantized tokens:
+/// threads split the groups of sixteen rows; each token is one pass (the
+/// head computes one token). The bits are those of the plain kernels.
+fn matmul_packed(
+    cx: &Cx,
+    w: &Mat,
+    wdata: &[u8],
+    xq: &[u8],
+    qb: usize,
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let g = quant::q8_0_x16::PACK_ROWS;
+    let groups = w.rows / g;
+    let group_bytes = g * w.row_bytes;
+    let err = FirstErr::default();
+    cx.pool.par_rows(&mut out[..n * w.rows], n, groups, g, |r| {
+        let rows = r.rows();
+        if rows.is_empty() {
+            return;
+        }
+        let wr = &wdata[rows.start * group_bytes..rows.end * group_bytes];
+        for t in 0..n {
+            let res = cx
+                .kernels
+                .mat_vec_q8_0_x16(w.k, wr, &xq[t * qb..(t + 1) * qb], r.token(t));
             if let Err(e) = res {
                 err.set(e);
             }

@@ -237,7 +237,7 @@ pub(crate) mod avx512 {
         BlockQ5_0,
         BlockQ8_0,
         tile,
-        mv_rows = 4,
+        mv_rows = 8,
         mm = 4 x 4
     );
 

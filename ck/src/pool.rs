@@ -191,6 +191,43 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Runs `f(i, chunk)` for every `chunk_len`-element chunk `i` of `out`
+    /// (the last may be shorter), the threads taking the next chunk as
+    /// they finish one. Which thread computes a chunk then depends on
+    /// timing, so `f` must compute a chunk's values from `i` alone: the
+    /// result is the same bits on every run. For a long op whose halves
+    /// run at different speeds (the output head: one thread's half took
+    /// 10-15% longer on this machine kind), where a fixed split would
+    /// leave a thread waiting. ggml hands out its matmul chunks the same
+    /// way.
+    pub fn par_chunks_dynamic<T: Send, F>(&self, out: &mut [T], chunk_len: usize, f: F)
+    where
+        F: Fn(usize, &mut [T]) + Sync,
+    {
+        let chunk_len = chunk_len.max(1);
+        let n_chunks = out.len().div_ceil(chunk_len);
+        let len = out.len();
+        let base = SendPtr(out.as_mut_ptr());
+        let next = AtomicUsize::new(0);
+        self.run(|_| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n_chunks {
+                break;
+            }
+            let start = i * chunk_len;
+            let end = (start + chunk_len).min(len);
+            // SAFETY: each index i is taken by exactly one thread (the
+            // atomic counter), so the chunks [start, end) handed out are
+            // disjoint and inside `out`, which is mutably borrowed for
+            // the whole run.
+            let chunk =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+            f(i, chunk)
+        });
+    }
+}
+
 /// A raw pointer that may cross to the workers (its users uphold the
 /// disjointness that makes that sound).
 struct SendPtr<T>(*mut T);
@@ -302,6 +339,28 @@ impl Drop for Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every element is written once, by the chunk that holds it, for
+    /// lengths that are and are not multiples of the chunk.
+    #[test]
+    fn dynamic_chunks_cover_every_element_once() {
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads).unwrap();
+            for (len, chunk) in [(0, 4), (1, 4), (1000, 64), (1024, 64), (7, 1)] {
+                let mut out = vec![usize::MAX; len];
+                let calls = AtomicUsize::new(0);
+                pool.par_chunks_dynamic(&mut out, chunk, |i, c| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    for (j, v) in c.iter_mut().enumerate() {
+                        assert_eq!(*v, usize::MAX, "written twice");
+                        *v = i * chunk + j;
+                    }
+                });
+                assert_eq!(out, (0..len).collect::<Vec<_>>());
+                assert_eq!(calls.load(Ordering::Relaxed), len.div_ceil(chunk));
+            }
+        }
+    }
 
     #[test]
     fn split_covers_and_is_disjoint() {

@@ -285,16 +285,9 @@ mod tests {
     use super::*;
     use crate::quant::testutil;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32 - 0.5) * 4.0
-            })
-            .collect()
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = testutil::Rng::new(seed);
+        (0..n).map(|_| rng.range(-2.0, 2.0)).collect()
     }
 
     /// Packed products equal the plain kernels' (and the scalar

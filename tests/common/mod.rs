@@ -68,12 +68,16 @@ pub fn scratch(tag: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
-/// Whether this CPU has AMX tiles (ggml then puts Q4_0/Q4_1/Q8_0 and the
-/// K-quants in its AMX buffer type by default). Tests use it to check the
-/// kernel path each kind of CPU must take, never to skip.
+/// Whether ggml sees AMX tiles: the CPU has them and `GGML_CPU_NO_AMX` is
+/// not set (ggml then puts Q4_0/Q4_1/Q8_0 and the K-quants in its AMX
+/// buffer type by default). Tests use it to check the kernel path each
+/// kind of CPU must take, never to skip; with `GGML_CPU_NO_AMX=1` in the
+/// environment an AMX machine runs the suite as a machine without AMX.
 pub fn cpu_has_amx() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|s| s.split_whitespace().any(|w| w == "amx_tile"))
+    // vendor patch 0003 hides AMX when the variable starts with '1'.
+    !std::env::var_os("GGML_CPU_NO_AMX").is_some_and(|v| v.as_encoded_bytes().starts_with(b"1"))
+        && std::fs::read_to_string("/proc/cpuinfo")
+            .is_ok_and(|s| s.split_whitespace().any(|w| w == "amx_tile"))
 }
 
 /// NMSE as llama.cpp's test-backend-ops defines it: sum((a-b)^2) / sum(a^2),

@@ -41,6 +41,17 @@ fn quant_at(i: usize, j: usize) -> usize {
     32 + (j / 4) * 64 + i * 4 + j % 4
 }
 
+/// An error unless `got` is a multiple of `group`.
+fn whole(
+    op: &'static str,
+    what: &'static str,
+    unit: &'static str,
+    got: usize,
+    group: usize,
+) -> Result<(), QuantError> {
+    check_len(op, what, unit, got, got / group * group)
+}
+
 impl Kernels {
     /// Packs `src` (rows of `k` Q8_0 values in the GGUF layout, a
     /// multiple of [`PACK_ROWS`] rows) into `dst`, of the same size.
@@ -49,15 +60,13 @@ impl Kernels {
         let rb = row_bytes_for(OP, GgmlType::Q8_0, k)?;
         check_len(OP, "dst", "bytes", dst.len(), src.len())?;
         let group = mul(OP, "a group", rb, PACK_ROWS)?;
-        if !src.len().is_multiple_of(group) {
-            return Err(QuantError::Length {
-                op: OP,
-                what: "the weight data (whole groups of 16 rows)",
-                unit: "bytes",
-                got: src.len(),
-                expected: src.len() / group * group,
-            });
-        }
+        whole(
+            OP,
+            "the weight data (whole groups of 16 rows)",
+            "bytes",
+            src.len(),
+            group,
+        )?;
         let nb = k / QK8_0;
         for (gs, gd) in src.chunks_exact(group).zip(dst.chunks_exact_mut(group)) {
             let rows: &[BlockQ8_0] = cast(gs);
@@ -90,15 +99,13 @@ impl Kernels {
         check_len(OP, "the activation data", "bytes", x_q.len(), rb)?;
         let want = mul(OP, "the weight data", rb, out.len())?;
         check_len(OP, "the weight data", "bytes", packed.len(), want)?;
-        if !out.len().is_multiple_of(PACK_ROWS) {
-            return Err(QuantError::Length {
-                op: OP,
-                what: "the output (whole groups of 16 rows)",
-                unit: "rows",
-                got: out.len(),
-                expected: out.len() / PACK_ROWS * PACK_ROWS,
-            });
-        }
+        whole(
+            OP,
+            "the output (whole groups of 16 rows)",
+            "rows",
+            out.len(),
+            PACK_ROWS,
+        )?;
         if k == 0 {
             out.fill(0.0);
             return Ok(());

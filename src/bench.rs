@@ -114,8 +114,12 @@ pub struct BenchArgs {
     pub weights: cktrace_ck::layout::WeightPlacement,
     /// bench engines: the ck engine's output head layout, as `run --engine
     /// ck --head`.
-    #[arg(long, value_parser = <cktrace_ck::layout::HeadLayout as std::str::FromStr>::from_str, default_value = "packed")]
-    pub head: cktrace_ck::layout::HeadLayout,
+    #[arg(long, value_parser = <cktrace_ck::layout::WeightLayout as std::str::FromStr>::from_str, default_value = "packed")]
+    pub head: cktrace_ck::layout::WeightLayout,
+    /// bench engines: the ck engine's Q5_0 layer matrices' layout, as `run
+    /// --engine ck --layers`.
+    #[arg(long, value_parser = <cktrace_ck::layout::WeightLayout as std::str::FromStr>::from_str, default_value = "packed")]
+    pub layers: cktrace_ck::layout::WeightLayout,
 }
 
 pub fn median(v: &[f64]) -> f64 {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, ValueEnum};
 
-use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, WeightPlacement};
+use cktrace_ck::layout::{KvType, LayoutOptions, WeightLayout, WeightPlacement};
 use cktrace_ck::quant::KernelLevel;
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -52,8 +52,12 @@ pub struct EngineArgs {
     pub weights: WeightPlacement,
     /// ck: a Q8_0 output head is copied into the arena sixteen rows
     /// interleaved (packed) or read in the GGUF layout (plain).
-    #[arg(long, value_parser = HeadLayout::from_str, default_value = "packed")]
-    pub head: HeadLayout,
+    #[arg(long, value_parser = WeightLayout::from_str, default_value = "packed")]
+    pub head: WeightLayout,
+    /// ck: the Q5_0 layer matrices are copied into the arena sixteen rows
+    /// interleaved (packed) or read in the GGUF layout (plain).
+    #[arg(long, value_parser = WeightLayout::from_str, default_value = "packed")]
+    pub layers: WeightLayout,
     /// ck: most prompt tokens computed in one pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -81,7 +85,8 @@ impl EngineArgs {
             (self.kernels.is_some(), "--kernels"),
             (self.kv_type != KvType::F16, "--kv-type"),
             (self.weights != WeightPlacement::Map, "--weights"),
-            (self.head != HeadLayout::Packed, "--head"),
+            (self.head != WeightLayout::Packed, "--head"),
+            (self.layers != WeightLayout::Packed, "--layers"),
             (self.batch != 64, "--batch"),
             (self.check_canaries, "--check-canaries"),
             (self.dump_step.is_some(), "--dump-step"),
@@ -128,6 +133,7 @@ pub fn run(path: &Path, e: &EngineArgs, p: &RunParams, out: &mut dyn Write) -> R
             kv_type: e.kv_type,
             weights: e.weights,
             head: e.head,
+            layers: e.layers,
         },
         kernels: e.kernels,
         check_canaries: e.check_canaries,
@@ -238,8 +244,10 @@ pub struct LayoutArgs {
     pub kv_type: KvType,
     #[arg(long, value_parser = WeightPlacement::from_str, default_value = "map")]
     pub weights: WeightPlacement,
-    #[arg(long, value_parser = HeadLayout::from_str, default_value = "packed")]
-    pub head: HeadLayout,
+    #[arg(long, value_parser = WeightLayout::from_str, default_value = "packed")]
+    pub head: WeightLayout,
+    #[arg(long, value_parser = WeightLayout::from_str, default_value = "packed")]
+    pub layers: WeightLayout,
     /// Write here instead of standard output.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -254,6 +262,7 @@ pub fn layout(a: &LayoutArgs, path: &Path, stdout: &mut dyn Write) -> Result<()>
         kv_type: a.kv_type,
         weights: a.weights,
         head: a.head,
+        layers: a.layers,
     };
     let plan = cktrace_ck::engine::plan(path, &o).context("planning the layout")?;
     let json = plan.layout().to_json();

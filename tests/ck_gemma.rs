@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use cktrace::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use cktrace::llama::{self, Context, ContextParams, FlashAttn, Model, ModelParams};
-use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, Memory, WeightPlacement};
+use cktrace_ck::layout::{KvType, LayoutOptions, Memory, WeightLayout, WeightPlacement};
 use cktrace_ck::profile::GgmlProfile;
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -58,7 +58,8 @@ fn opts() -> EngineOptions {
             threads: 2,
             kv_type: KvType::F16,
             weights: WeightPlacement::Map,
-            head: HeadLayout::Packed,
+            head: WeightLayout::Packed,
+            layers: WeightLayout::Packed,
         },
         kernels: None,
         check_canaries: true,
@@ -260,20 +261,33 @@ fn gemma3_layout_names_its_intermediates_and_the_file_ranges() {
     let path = model("gemma3");
     let plan = cktrace_ck::engine::plan(&path, &LayoutOptions::default()).unwrap();
     let ggml = llama::gguf_tensors(&path).unwrap();
+    // Q5_0 layer matrices are packed into the arena by default (the
+    // file's bytes, permuted); every other weight is its file range.
+    let mut n_packed = 0;
     for t in &ggml {
         let e = plan
             .find(&t.name)
             .unwrap_or_else(|| panic!("{} not in the layout", t.name));
+        assert_eq!(e.dtype, t.dtype, "{}", t.name);
+        if e.packing.is_some() {
+            assert_eq!(e.packing.as_deref(), Some("q5_0_x16"), "{}", t.name);
+            assert_eq!(t.dtype, "q5_0");
+            assert_eq!(e.memory, Memory::Arena);
+            assert_eq!((e.file_offset, e.size), (Some(t.file_offset), t.bytes));
+            n_packed += 1;
+            continue;
+        }
         assert_eq!(e.memory, Memory::File);
         assert_eq!((e.offset, e.size), (t.file_offset, t.bytes), "{}", t.name);
-        assert_eq!(e.dtype, t.dtype, "{}", t.name);
     }
+    // Q, K, gate and up of every layer, and V where it is Q5_0.
+    assert!(n_packed >= 4 * 18, "{n_packed} packed matrices");
     let n_file = plan
         .entries
         .iter()
         .filter(|e| e.memory == Memory::File)
         .count();
-    assert_eq!(n_file, ggml.len());
+    assert_eq!(n_file + n_packed, ggml.len());
     for l in [0, 5, 17] {
         for name in [
             "attn_norm",

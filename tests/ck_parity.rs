@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use cktrace::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use cktrace::llama::{self, Context, ContextParams, FlashAttn, Model, ModelParams};
-use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, Memory, WeightPlacement};
+use cktrace_ck::layout::{KvType, LayoutOptions, Memory, WeightLayout, WeightPlacement};
 use cktrace_ck::profile::GgmlProfile;
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -150,7 +150,8 @@ fn opts() -> EngineOptions {
             threads: 2,
             kv_type: KvType::F16,
             weights: WeightPlacement::Map,
-            head: HeadLayout::Packed,
+            head: WeightLayout::Packed,
+            layers: WeightLayout::Packed,
         },
         kernels: None,
         check_canaries: true,
@@ -279,30 +280,64 @@ fn parity_holds_across_run_options() {
     check("SmolLM2 Q8_0 (f32 KV)", &path, o, true, GAP);
 }
 
-/// The logits do not depend on the thread count or the placement of the
-/// weights: bit for bit.
+/// The logits do not depend on the thread count, the placement of the
+/// weights or their layout (packed or plain head and Q5_0 layer
+/// matrices): bit for bit. SmolLM2 Q4_K_M has Q5_0 layer matrices; the
+/// nine-token prompt takes the packed kernels' token pairs and a single
+/// token.
 #[test]
 fn logits_are_bitwise_identical_across_threads_and_placement() {
-    let path = model("smollm2");
     let prompt: Vec<u32> = vec![1, 504, 3458, 282, 260, 4889, 3110, 4089, 281];
-    let mut runs = Vec::new();
-    for (threads, weights, head) in [
-        (1, WeightPlacement::Map, HeadLayout::Packed),
-        (2, WeightPlacement::Map, HeadLayout::Packed),
-        (3, WeightPlacement::Copy, HeadLayout::Packed),
-        (2, WeightPlacement::Map, HeadLayout::Plain),
-    ] {
-        let mut o = opts();
-        o.layout.threads = threads;
-        o.layout.weights = weights;
-        o.layout.head = head;
-        let mut e = Engine::new(&path, o).unwrap();
-        let mut all = e.forward(&prompt, 0).unwrap().to_vec();
-        let next = argmax(&all) as u32;
-        all.extend_from_slice(e.forward(&[next], prompt.len()).unwrap());
-        runs.push(all);
+    for name in ["smollm2", "smollm2-q4km"] {
+        let path = model(name);
+        let mut runs = Vec::new();
+        for (threads, weights, head, layers) in [
+            (
+                1,
+                WeightPlacement::Map,
+                WeightLayout::Packed,
+                WeightLayout::Packed,
+            ),
+            (
+                2,
+                WeightPlacement::Map,
+                WeightLayout::Packed,
+                WeightLayout::Packed,
+            ),
+            (
+                3,
+                WeightPlacement::Copy,
+                WeightLayout::Packed,
+                WeightLayout::Packed,
+            ),
+            (
+                2,
+                WeightPlacement::Map,
+                WeightLayout::Plain,
+                WeightLayout::Packed,
+            ),
+            (
+                2,
+                WeightPlacement::Map,
+                WeightLayout::Packed,
+                WeightLayout::Plain,
+            ),
+        ] {
+            let mut o = opts();
+            o.layout.threads = threads;
+            o.layout.weights = weights;
+            o.layout.head = head;
+            o.layout.layers = layers;
+            let mut e = Engine::new(&path, o).unwrap();
+            let mut all = e.forward(&prompt, 0).unwrap().to_vec();
+            let next = argmax(&all) as u32;
+            all.extend_from_slice(e.forward(&[next], prompt.len()).unwrap());
+            runs.push(all);
+        }
+        for (i, r) in runs.iter().enumerate().skip(1) {
+            assert!(*r == runs[0], "{name}: run {i} differs from run 0");
+        }
     }
-    assert!(runs[0] == runs[1] && runs[1] == runs[2] && runs[2] == runs[3]);
 }
 
 /// layout.json's weight entries are where ggml's own GGUF reader says the
@@ -312,7 +347,13 @@ fn layout_weights_match_ggml_tensor_map() {
     ggml_without_amx();
     for name in ["smollm2", "smollm2-q4km"] {
         let path = model(name);
-        let plan = cktrace_ck::engine::plan(&path, &LayoutOptions::default()).unwrap();
+        // Plain layer matrices: every one of them is then its file range
+        // (packed ones are checked in ck_run's layout test).
+        let o = LayoutOptions {
+            layers: WeightLayout::Plain,
+            ..LayoutOptions::default()
+        };
+        let plan = cktrace_ck::engine::plan(&path, &o).unwrap();
         let ggml = llama::gguf_tensors(&path).unwrap();
         let mut n = 0;
         for t in &ggml {

@@ -76,7 +76,7 @@ fn layout_json_is_byte_identical_and_its_weights_are_the_file_ranges() {
     }
     let j: serde_json::Value = serde_json::from_slice(&layout("smollm2-q4km", &[])).unwrap();
     assert_eq!(j["format"], "cktrace-layout");
-    assert_eq!(j["version"], 2);
+    assert_eq!(j["version"], 3);
     let text = j.to_string();
     assert!(
         !text.contains("/root") && !text.contains(".gguf"),
@@ -91,17 +91,26 @@ fn layout_json_is_byte_identical_and_its_weights_are_the_file_ranges() {
         entries.extend(l["entries"].as_array().unwrap());
     }
     let mut weights = 0;
-    let mut packed = 0;
+    let mut packed_head = 0;
+    let mut packed_layers = 0;
     for e in &entries {
         if e["kind"] == "weight" && e.get("packing").is_some() {
-            // The Q8_0 head's packed copy: the tensor's bytes, permuted,
-            // in the arena.
+            // A packed copy (the Q8_0 head, or a Q5_0 layer matrix with
+            // whole groups of 16 rows): the tensor's bytes, permuted, in
+            // the arena.
             let t = g.tensor(e["name"].as_str().unwrap()).unwrap();
-            assert_eq!(e["packing"], "q8_0_x16");
+            if e["layer"].is_null() {
+                assert_eq!(e["packing"], "q8_0_x16");
+                packed_head += 1;
+            } else {
+                assert_eq!(e["packing"], "q5_0_x16", "{}", t.name);
+                assert_eq!(t.ggml_type.name(), "q5_0");
+                assert_eq!(t.dims[1] % 16, 0);
+                packed_layers += 1;
+            }
             assert_eq!(e["memory"], "arena");
             assert_eq!(e["size"].as_u64(), Some(t.size), "{}", t.name);
             assert_eq!(e["file_offset"].as_u64(), Some(t.file_offset));
-            packed += 1;
         } else if e["kind"] == "weight" {
             let t = g.tensor(e["name"].as_str().unwrap()).unwrap();
             assert_eq!(e["memory"], "file");
@@ -114,8 +123,28 @@ fn layout_json_is_byte_identical_and_its_weights_are_the_file_ranges() {
             assert_eq!(e["offset"].as_u64().unwrap() % 64, 0, "{}", e["name"]);
         }
     }
-    assert_eq!(weights, g.tensors().len());
-    assert_eq!(packed, 1, "the Q8_0 head is packed by default");
+    let q5_layer_mats = g
+        .tensors()
+        .iter()
+        .filter(|t| {
+            t.name.starts_with("blk.") && t.ggml_type.name() == "q5_0" && t.dims[1] % 16 == 0
+        })
+        .count();
+    assert!(q5_layer_mats > 0, "SmolLM2 Q4_K_M has Q5_0 layer matrices");
+    assert_eq!(
+        packed_layers, q5_layer_mats,
+        "Q5_0 layer matrices are packed by default"
+    );
+    assert_eq!(weights + packed_layers, g.tensors().len());
+    assert_eq!(packed_head, 1, "the Q8_0 head is packed by default");
+    // --layers plain --head plain: every weight is its file range.
+    let j2: serde_json::Value = serde_json::from_slice(&layout(
+        "smollm2-q4km",
+        &["--layers", "plain", "--head", "plain"],
+    ))
+    .unwrap();
+    assert!(!j2.to_string().contains("packing\":\"q"), "nothing packed");
+    assert_eq!(j2["options"]["layers"], "plain");
     for name in [
         "attn_norm-0",
         "Qcur-0",

@@ -138,6 +138,70 @@ fn main() {
                 );
             }
             println!("{line}");
+            if t == GgmlType::Q5_0 || t == GgmlType::Q8_0 {
+                packed_line(t, k, n_rows, &w, &xq, &levels, min);
+            }
         }
     }
+}
+
+/// The same figures for the sixteen-row packed layout of `t`
+/// (`quant::q5_0_x16`, `quant::q8_0_x16`; the latter has no `mat_mat`).
+fn packed_line(
+    t: GgmlType,
+    k: usize,
+    n_rows: usize,
+    w: &[u8],
+    xq: &[u8],
+    levels: &[Kernels],
+    min: Duration,
+) {
+    let scalar = Kernels::new(KernelLevel::Scalar).unwrap();
+    let mut p = vec![0u8; w.len()];
+    let q5 = t == GgmlType::Q5_0;
+    if q5 {
+        scalar.pack_q5_0_x16(k, w, &mut p).unwrap();
+    } else {
+        scalar.pack_q8_0_x16(k, w, &mut p).unwrap();
+    }
+    let mat_bytes = p.len();
+    let copies = (STREAM_BYTES / mat_bytes).max(2);
+    let big: Vec<u8> = (0..copies).flat_map(|_| p.iter().copied()).collect();
+    let xb = xq.len() / 8;
+    let mut out = vec![0f32; n_rows * 8];
+    let mv = |kern: &Kernels, m: &[u8], out: &mut [f32]| {
+        if q5 {
+            kern.mat_vec_q5_0_x16(k, m, &xq[..xb], out).unwrap()
+        } else {
+            kern.mat_vec_q8_0_x16(k, m, &xq[..xb], out).unwrap()
+        }
+    };
+    let mut line = format!("{:5} {:4}x{:<5}", format!("{}x16", t.name()), n_rows, k);
+    for kern in levels {
+        let hot = time(min, || mv(kern, black_box(&p), &mut out[..n_rows]));
+        let mut i = 0;
+        let stream = time(min, || {
+            mv(
+                kern,
+                black_box(&big[i * mat_bytes..(i + 1) * mat_bytes]),
+                &mut out[..n_rows],
+            );
+            i = (i + 1) % copies;
+        });
+        let gbs = |s: f64| mat_bytes as f64 / s / 1e9;
+        line += &format!(
+            " | {:6} hot {:6.1} stream {:5.1}",
+            kern.level().to_string(),
+            gbs(hot),
+            gbs(stream)
+        );
+        if q5 {
+            let mm = time(min, || {
+                kern.mat_mat_q5_0_x16(k, black_box(&p), n_rows, xq, 8, &mut out)
+                    .unwrap();
+            });
+            line += &format!(" mm8 {:6.1}", gbs(mm / 8.0));
+        }
+    }
+    println!("{line}");
 }

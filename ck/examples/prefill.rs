@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, WeightPlacement};
+use cktrace_ck::layout::{KvType, LayoutOptions, WeightLayout, WeightPlacement};
 use cktrace_ck::{Engine, EngineOptions};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -36,8 +36,12 @@ fn main() {
                     _ => WeightPlacement::Map,
                 },
                 head: match std::env::var("CK_HEAD").as_deref() {
-                    Ok("plain") => HeadLayout::Plain,
-                    _ => HeadLayout::Packed,
+                    Ok("plain") => WeightLayout::Plain,
+                    _ => WeightLayout::Packed,
+                },
+                layers: match std::env::var("CK_LAYERS").as_deref() {
+                    Ok("plain") => WeightLayout::Plain,
+                    _ => WeightLayout::Packed,
                 },
             },
             kernels: None,

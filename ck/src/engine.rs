@@ -82,8 +82,8 @@ impl Engine {
         let config = Config::from_gguf(file.gguf())?;
         let (plan, model) = arch::plan(&file, &config, &o)?;
         let mut arena = Arena::new(plan.arena_size)?;
-        // --weights copy: weights move to their planned arena offsets; a
-        // packed head is permuted on the way.
+        // --weights copy: weights move to their planned arena offsets; packed
+        // matrices (the head, Q5_0 layer matrices) are permuted on the way.
         for e in &plan.entries {
             if e.kind == Kind::Weight && e.memory == Memory::Arena {
                 let src = e.file_offset.expect("arena weights keep their file offset") as usize;
@@ -93,6 +93,9 @@ impl Engine {
                     None => dst.copy_from_slice(src),
                     Some("q8_0_x16") => kernels
                         .pack_q8_0_x16(e.shape[0] as usize, src, dst)
+                        .map_err(|err| CkError::Kernels(format!("{}: {err}", e.name)))?,
+                    Some("q5_0_x16") => kernels
+                        .pack_q5_0_x16(e.shape[0] as usize, src, dst)
                         .map_err(|err| CkError::Kernels(format!("{}: {err}", e.name)))?,
                     Some(other) => {
                         return Err(CkError::Kernels(format!(

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::{CkError, Result};
 
 /// Version of the layout.json schema (docs/layout-format.md).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,37 +96,45 @@ impl fmt::Display for WeightPlacement {
     }
 }
 
-/// How the output head is laid out when it is a Q8_0 matrix with a
-/// multiple of 16 rows (see `quant::q8_0_x16`).
+/// How a weight matrix the packed kernels cover is laid out: the output
+/// head when it is Q8_0 (`quant::q8_0_x16`), and the layer matrices that
+/// are Q5_0 (`quant::q5_0_x16`), each with a multiple of 16 rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum HeadLayout {
+pub enum WeightLayout {
     /// A copy in the arena, sixteen rows interleaved per block (the same
-    /// bytes, permuted): the decode step's largest read at memory speed.
-    /// A tied head keeps `token_embd.weight` where `weights` puts it for
-    /// the embedding lookup, as ggml keeps two buffers when it repacks.
+    /// bytes, permuted): read at memory speed by 512-bit kernels. A tied
+    /// head keeps `token_embd.weight` where `weights` puts it for the
+    /// embedding lookup, as ggml keeps two buffers when it repacks.
     #[default]
     Packed,
-    /// The head is read in the GGUF layout, from where `weights` puts it.
+    /// The matrix is read in the GGUF layout, from where `weights` puts it.
     Plain,
 }
 
-impl FromStr for HeadLayout {
+/// What layouts written before `options.layers` existed had.
+fn plain() -> WeightLayout {
+    WeightLayout::Plain
+}
+
+impl FromStr for WeightLayout {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
-            "packed" => Ok(HeadLayout::Packed),
-            "plain" => Ok(HeadLayout::Plain),
-            _ => Err(format!("unknown head layout {s:?} (known: packed, plain)")),
+            "packed" => Ok(WeightLayout::Packed),
+            "plain" => Ok(WeightLayout::Plain),
+            _ => Err(format!(
+                "unknown weight layout {s:?} (known: packed, plain)"
+            )),
         }
     }
 }
 
-impl fmt::Display for HeadLayout {
+impl fmt::Display for WeightLayout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            HeadLayout::Packed => "packed",
-            HeadLayout::Plain => "plain",
+            WeightLayout::Packed => "packed",
+            WeightLayout::Plain => "plain",
         })
     }
 }
@@ -144,7 +152,11 @@ pub struct LayoutOptions {
     pub weights: WeightPlacement,
     /// The output head's layout (absent in layouts written before it).
     #[serde(default)]
-    pub head: HeadLayout,
+    pub head: WeightLayout,
+    /// The layer matrices' layout (absent, and plain, in layouts written
+    /// before it).
+    #[serde(default = "plain")]
+    pub layers: WeightLayout,
 }
 
 impl Default for LayoutOptions {
@@ -155,7 +167,8 @@ impl Default for LayoutOptions {
             threads: 2,
             kv_type: KvType::F16,
             weights: WeightPlacement::Map,
-            head: HeadLayout::Packed,
+            head: WeightLayout::Packed,
+            layers: WeightLayout::Packed,
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use cktrace_ck::layout::{HeadLayout, KvType, LayoutOptions, WeightPlacement};
+use cktrace_ck::layout::{KvType, LayoutOptions, WeightLayout, WeightPlacement};
 use cktrace_ck::quant::KernelLevel;
 use cktrace_ck::{Engine, EngineOptions};
 
@@ -44,7 +44,8 @@ fn logits(file: &str, level: KernelLevel) -> Vec<f32> {
             threads: 2,
             kv_type: KvType::F16,
             weights: WeightPlacement::Map,
-            head: HeadLayout::Packed,
+            head: WeightLayout::Packed,
+            layers: WeightLayout::Packed,
         },
         kernels: Some(level),
         check_canaries: true,

@@ -152,6 +152,7 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
                 kv_type: KvType::F16,
                 weights: a.weights,
                 head: a.head,
+                layers: a.layers,
             },
             kernels: None,
             check_canaries: false,
@@ -163,7 +164,7 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
     let ck_prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
 
     println!(
-        "bench engines: {} ({}), {} threads, prefill {} tokens + {} decode steps, {} alternating pairs, ggml flash attention {:?}, ck kernels {}, ck weights {}, ck head {}",
+        "bench engines: {} ({}), {} threads, prefill {} tokens + {} decode steps, {} alternating pairs, ggml flash attention {:?}, ck kernels {}, ck weights {}, ck head {}, ck layers {}",
         a.model.display(),
         model.desc(),
         a.threads,
@@ -173,7 +174,8 @@ pub fn bench_engines(a: &BenchArgs, prompt_tokens: usize) -> Result<()> {
         a.flash_attn,
         ck.kernels().level(),
         a.weights,
-        a.head
+        a.head,
+        a.layers
     );
     let bw0 = read_bandwidth(a.threads as usize, 5);
     // Warm-up: page the weights in for both engines, start both pools.

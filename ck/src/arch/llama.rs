@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::error::{CkError, Result};
 use crate::gguf::{GgmlType, TensorInfo};
 use crate::layout::{
-    HeadLayout, Kind, LayoutOptions, ModelFacts, Plan, Planner, RegionId, WeightPlacement,
+    Kind, LayoutOptions, ModelFacts, Plan, Planner, RegionId, WeightLayout, WeightPlacement,
 };
 use crate::model::ModelFile;
 use crate::ops;
@@ -61,7 +61,8 @@ pub struct Mat {
     pub k: usize,
     pub rows: usize,
     pub row_bytes: usize,
-    /// Packed sixteen rows per block (`quant::q8_0_x16`), in the arena.
+    /// Packed sixteen rows per block, in the arena: `quant::q8_0_x16` for
+    /// a Q8_0 head, `quant::q5_0_x16` for Q5_0 layer matrices.
     pub packed: bool,
 }
 
@@ -259,6 +260,9 @@ pub(crate) fn place(
     }
 }
 
+/// A weight matrix where `o.weights` puts it; a layer's Q5_0 matrix with
+/// whole groups of 16 rows is packed into the arena instead
+/// (`quant::q5_0_x16`) when `o.layers` asks for it.
 pub(crate) fn mat(
     p: &mut Planner,
     o: &LayoutOptions,
@@ -266,34 +270,54 @@ pub(crate) fn mat(
     layer: Option<u32>,
 ) -> Result<Mat> {
     let k = t.dims[0] as usize;
+    let rows = t.dims[1] as usize;
+    let packed = layer.is_some()
+        && o.layers == WeightLayout::Packed
+        && t.ggml_type == GgmlType::Q5_0
+        && rows.is_multiple_of(quant::q5_0_x16::PACK_ROWS);
+    let id = if packed {
+        packed_copy(p, t, layer, "q5_0_x16")?
+    } else {
+        place(p, o, t, layer)?
+    };
     Ok(Mat {
-        id: place(p, o, t, layer)?,
+        id,
         ty: t.ggml_type,
         k,
-        rows: t.dims[1] as usize,
+        rows,
         row_bytes: quant::row_bytes(t.ggml_type, k).map_err(|e| CkError::Kernels(e.to_string()))?,
-        packed: false,
+        packed,
     })
+}
+
+/// An arena copy of tensor `t` in the order `packing` names.
+fn packed_copy(
+    p: &mut Planner,
+    t: &TensorInfo,
+    layer: Option<u32>,
+    packing: &str,
+) -> Result<RegionId> {
+    p.packed_weight(
+        &t.name,
+        layer,
+        t.ggml_type.name(),
+        t.dims.clone(),
+        t.file_offset,
+        t.size,
+        packing,
+    )
 }
 
 /// The output head `plain` (tensor `t`), or a packed copy of it when the
 /// options ask for one and it qualifies: Q8_0 with whole groups of 16 rows.
 pub(crate) fn head(p: &mut Planner, o: &LayoutOptions, t: &TensorInfo, plain: Mat) -> Result<Mat> {
-    if o.head != HeadLayout::Packed
+    if o.head != WeightLayout::Packed
         || t.ggml_type != GgmlType::Q8_0
         || !plain.rows.is_multiple_of(quant::q8_0_x16::PACK_ROWS)
     {
         return Ok(plain);
     }
-    let id = p.packed_weight(
-        &t.name,
-        None,
-        t.ggml_type.name(),
-        t.dims.clone(),
-        t.file_offset,
-        t.size,
-        "q8_0_x16",
-    )?;
+    let id = packed_copy(p, t, None, "q8_0_x16")?;
     Ok(Mat {
         id,
         packed: true,
@@ -636,6 +660,9 @@ pub(crate) fn matmul_in(
     let vdt = quant::vec_dot_type(w.ty);
     let qb = aq.prepare(cx.kernels, vdt, x, w.k, n)?;
     let xq: &[u8] = aq.buf;
+    if w.packed && w.ty == GgmlType::Q5_0 {
+        return matmul_packed_q5_0(cx, w, wdata, &xq[..n * qb], n, out);
+    }
     if w.packed {
         return matmul_packed(cx, w, wdata, &xq[..n * qb], qb, n, out);
     }
@@ -730,6 +757,64 @@ fn matmul_packed(
     err.check()
 }
 
+/// A packed Q5_0 matrix (`quant::q5_0_x16`) times `n` quantized tokens in
+/// one pass over the weights: each thread takes a fixed band of whole
+/// 16-row groups (the same band on every step, so its rows stay in that
+/// core's caches), computed for all tokens by `mat_mat_q5_0_x16`. Q5_0
+/// has `vec_dot`'s arithmetic in ggml for every pass size, which the
+/// packed kernels give bit for bit.
+fn matmul_packed_q5_0(
+    cx: &Cx,
+    w: &Mat,
+    wdata: &[u8],
+    xq: &[u8],
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let g = quant::q5_0_x16::PACK_ROWS;
+    let err = FirstErr::default();
+    cx.pool
+        .par_rows(&mut out[..n * w.rows], n, w.rows / g, g, |r| {
+            let groups = r.rows();
+            if groups.is_empty() {
+                return;
+            }
+            let rows = groups.start * g..groups.end * g;
+            let wr = &wdata[rows.start * w.row_bytes..rows.end * w.row_bytes];
+            if n == 1 {
+                if let Err(e) = cx.kernels.mat_vec_q5_0_x16(w.k, wr, xq, r.token(0)) {
+                    err.set(e);
+                }
+                return;
+            }
+            let res = with_scratch(rows.len() * n, |s| {
+                cx.kernels.mat_mat_q5_0_x16(w.k, wr, rows.len(), xq, n, s)?;
+                for (t, col) in s.chunks_exact(rows.len()).enumerate() {
+                    r.token(t).copy_from_slice(col);
+                }
+                Ok::<(), quant::QuantError>(())
+            });
+            if let Err(e) = res {
+                err.set(e);
+            }
+        });
+    err.check()
+}
+
+/// Runs `f` on this thread's scratch of `len` floats.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
 /// `r.token(t) = w_band x[t]` for tokens `0..n_cols` by `Kernels::mat_mat_as`
 /// into this thread's scratch (column-major, one column per token), then
 /// copied to each token's rows.
@@ -744,15 +829,7 @@ fn band_gemm(
     n_cols: usize,
     r: &mut crate::pool::RowsMut<'_, f32>,
 ) -> std::result::Result<(), quant::QuantError> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < n_rows * n_cols {
-            s.resize(n_rows * n_cols, 0.0);
-        }
-        let out = &mut s[..n_rows * n_cols];
+    with_scratch(n_rows * n_cols, |out| {
         kernels.mat_mat_as(arith, w.ty, w.k, band, n_rows, xs, n_cols, out)?;
         for (t, col) in out.chunks_exact(n_rows).enumerate() {
             r.token(t).copy_from_slice(col);

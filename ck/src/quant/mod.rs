@@ -153,6 +153,7 @@ mod q4_0;
 mod q4_1;
 mod q4_k;
 mod q5_0;
+pub mod q5_0_x16;
 mod q5_1;
 mod q5_k;
 mod q6_k;

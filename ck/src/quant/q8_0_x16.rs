@@ -42,7 +42,7 @@ fn quant_at(i: usize, j: usize) -> usize {
 }
 
 /// An error unless `got` is a multiple of `group`.
-fn whole(
+pub(super) fn whole(
     op: &'static str,
     what: &'static str,
     unit: &'static str,
@@ -144,33 +144,40 @@ fn mat_vec_scalar(packed: &[u8], x: &[BlockQ8_0], out: &mut [f32]) {
     }
 }
 
-/// The activation, prepared once per call: per block, the scale and per
-/// lane the four bytes and `-128 x` their sum (the `vpdpbusd` offset).
+/// Activations prepared once per call for the packed kernels (here and
+/// in `q5_0_x16`): per token and block the scale, and per lane the four
+/// bytes and `bias x` their sum (the `vpdpbusd` offset that turns the
+/// kernel's unsigned weight bytes back into the signed values).
 #[cfg(target_arch = "x86_64")]
-struct Prepared {
-    dx: Vec<f32>,
-    /// `[block][lane]`, the lane's four bytes as one little-endian i32.
-    q: Vec<[i32; LANES]>,
-    /// `[block][lane]`, `-128 * (sum of the lane's four values)`.
-    off: Vec<[i32; LANES]>,
+pub(super) struct Prepared {
+    pub(super) nb: usize,
+    /// `[token * nb + block]`.
+    pub(super) dx: Vec<f32>,
+    /// `[token * nb + block][lane]`, the lane's four bytes as one
+    /// little-endian i32.
+    pub(super) q: Vec<[i32; LANES]>,
+    /// `[token * nb + block][lane]`, `bias * (sum of the lane's values)`.
+    pub(super) off: Vec<[i32; LANES]>,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Prepared {
-    fn new(x: &[BlockQ8_0]) -> Prepared {
+    /// `xs`: whole tokens of `nb` blocks.
+    pub(super) fn new(xs: &[BlockQ8_0], nb: usize, bias: i32) -> Prepared {
         let mut p = Prepared {
-            dx: Vec::with_capacity(x.len()),
-            q: Vec::with_capacity(x.len()),
-            off: Vec::with_capacity(x.len()),
+            nb,
+            dx: Vec::with_capacity(xs.len()),
+            q: Vec::with_capacity(xs.len()),
+            off: Vec::with_capacity(xs.len()),
         };
-        for blk in x {
+        for blk in xs {
             p.dx.push(blk.d());
             let mut q = [0i32; LANES];
             let mut off = [0i32; LANES];
             for l in 0..LANES {
                 let b = &blk.qs[4 * l..4 * l + 4];
                 q[l] = i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
-                off[l] = -128 * b.iter().map(|&v| v as i32).sum::<i32>();
+                off[l] = bias * b.iter().map(|&v| v as i32).sum::<i32>();
             }
             p.q.push(q);
             p.off.push(off);
@@ -207,7 +214,7 @@ mod avx512 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn mat_vec(packed: &[u8], x: &[BlockQ8_0], out: &mut [f32]) {
         let nb = x.len();
-        let p = Prepared::new(x);
+        let p = Prepared::new(x, nb, -128);
         let flip = _mm512_set1_epi8(-128);
         for (g, outs) in out.chunks_exact_mut(PACK_ROWS).enumerate() {
             let group = &packed[g * nb * CHUNK..(g + 1) * nb * CHUNK];
@@ -252,7 +259,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn mat_vec(packed: &[u8], x: &[BlockQ8_0], out: &mut [f32]) {
         let nb = x.len();
-        let p = Prepared::new(x);
+        let p = Prepared::new(x, nb, -128);
         let ones = _mm256_set1_epi16(1);
         for (g, outs) in out.chunks_exact_mut(PACK_ROWS).enumerate() {
             let group = &packed[g * nb * CHUNK..(g + 1) * nb * CHUNK];

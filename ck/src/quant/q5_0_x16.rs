@@ -32,9 +32,9 @@
 
 use super::q5_0::{vec_dot_q5_0_q8_0, BlockQ5_0, QK5_0};
 use super::q8_0::BlockQ8_0;
-use super::q8_0_x16::whole;
 #[cfg(target_arch = "x86_64")]
 use super::q8_0_x16::Prepared;
+use super::q8_0_x16::{pack_group_bytes, whole};
 use super::{cast, check_len, mul, row_bytes_for, KernelLevel, Kernels, QuantError};
 use crate::gguf::GgmlType;
 
@@ -53,17 +53,7 @@ impl Kernels {
     /// Packs `src` (rows of `k` Q5_0 values in the GGUF layout, a
     /// multiple of [`PACK_ROWS`] rows) into `dst`, of the same size.
     pub fn pack_q5_0_x16(&self, k: usize, src: &[u8], dst: &mut [u8]) -> Result<(), QuantError> {
-        const OP: &str = "pack_q5_0_x16";
-        let rb = row_bytes_for(OP, GgmlType::Q5_0, k)?;
-        check_len(OP, "dst", "bytes", dst.len(), src.len())?;
-        let group = mul(OP, "a group", rb, PACK_ROWS)?;
-        whole(
-            OP,
-            "the weight data (whole groups of 16 rows)",
-            "bytes",
-            src.len(),
-            group,
-        )?;
+        let group = pack_group_bytes("pack_q5_0_x16", GgmlType::Q5_0, k, src, dst)?;
         let nb = k / QK5_0;
         for (gs, gd) in src.chunks_exact(group).zip(dst.chunks_exact_mut(group)) {
             let rows: &[BlockQ5_0] = cast(gs);

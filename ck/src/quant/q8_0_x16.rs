@@ -52,21 +52,34 @@ pub(super) fn whole(
     check_len(op, what, unit, got, got / group * group)
 }
 
+/// The checks of a sixteen-row packing of `src` (rows of `k` values of
+/// type `ty`) into `dst`: the same size, whole groups. Returns the bytes
+/// of one group.
+pub(super) fn pack_group_bytes(
+    op: &'static str,
+    ty: GgmlType,
+    k: usize,
+    src: &[u8],
+    dst: &[u8],
+) -> Result<usize, QuantError> {
+    let rb = row_bytes_for(op, ty, k)?;
+    check_len(op, "dst", "bytes", dst.len(), src.len())?;
+    let group = mul(op, "a group", 16, rb)?;
+    whole(
+        op,
+        "the weight data (whole groups of 16 rows)",
+        "bytes",
+        src.len(),
+        group,
+    )?;
+    Ok(group)
+}
+
 impl Kernels {
     /// Packs `src` (rows of `k` Q8_0 values in the GGUF layout, a
     /// multiple of [`PACK_ROWS`] rows) into `dst`, of the same size.
     pub fn pack_q8_0_x16(&self, k: usize, src: &[u8], dst: &mut [u8]) -> Result<(), QuantError> {
-        const OP: &str = "pack_q8_0_x16";
-        let rb = row_bytes_for(OP, GgmlType::Q8_0, k)?;
-        check_len(OP, "dst", "bytes", dst.len(), src.len())?;
-        let group = mul(OP, "a group", rb, PACK_ROWS)?;
-        whole(
-            OP,
-            "the weight data (whole groups of 16 rows)",
-            "bytes",
-            src.len(),
-            group,
-        )?;
+        let group = pack_group_bytes("pack_q8_0_x16", GgmlType::Q8_0, k, src, dst)?;
         let nb = k / QK8_0;
         for (gs, gd) in src.chunks_exact(group).zip(dst.chunks_exact_mut(group)) {
             let rows: &[BlockQ8_0] = cast(gs);

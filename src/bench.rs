@@ -454,12 +454,14 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     if let Some(c) = costs {
         let per = |ns: u64, n: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 };
         let (b, w) = (per(c.build_ns, c.build_recs), per(c.write_ns, c.write_recs));
+        let wt = per(c.writer_ns, c.writer_recs);
         // Thread time, summed over the threads; they build and write their
         // own records side by side, so the wall time is about 1/threads.
         let th = a.threads.max(1) as f64;
         println!(
-            "measured in place (one more traced run, {} records), thread time per record: building {b:.1} ns in the hook, writing {w:.1} ns (positioned writes); as wall time with {th} threads side by side about {:.1} + {:.1} ns, leaving {:.0} ns of the cost per record to the C side (clock read, event copy) and to what tracing does to the kernels' caches",
+            "measured in place (one more traced run, {} records), thread time per record: building {b:.1} ns in the hook, handing over {w:.1} ns ({}); writer thread {wt:.1} ns of CPU per record; as wall time with {th} threads side by side about {:.1} + {:.1} ns, leaving {:.0} ns of the cost per record to the C side (clock read, event copy), the writer thread and to what tracing does to the kernels' caches",
             c.build_recs,
+            if c.writer_recs > 0 { "queued for the writer thread, direct writes" } else { "positioned writes through the page cache" },
             b / th,
             w / th,
             total - (b + w) / th

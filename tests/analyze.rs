@@ -470,7 +470,8 @@ fn damaged(src: &Path, dst: &Path, keep: impl Fn(&TraceRecord) -> bool, reg: imp
     let mut body = Vec::new();
     for c in bytes[HEADER_SIZE..].chunks_exact(RECORD_SIZE) {
         let r = TraceRecord::from_bytes(c.try_into().unwrap());
-        if keep(&r) {
+        // Padding slots (direct writes) go; the copy is written whole.
+        if r.flags != cktrace_tracer::format::flags::PAD && keep(&r) {
             body.extend_from_slice(c);
         }
     }
@@ -478,6 +479,7 @@ fn damaged(src: &Path, dst: &Path, keep: impl Fn(&TraceRecord) -> bool, reg: imp
     h.records = n;
     h.complete = n;
     h.capacity = n;
+    h.padding = 0;
     h.steps_done_slots = h.steps_done_slots.min(n);
     let mut out = h.to_bytes().to_vec();
     out.extend_from_slice(&body);

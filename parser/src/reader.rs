@@ -370,12 +370,12 @@ impl Trace {
     }
 
     /// Number of readable slots without [`flags::VALID`] (reserved but never
-    /// completed). Scans the file.
+    /// completed), padding ([`flags::PAD`]) not counted. Scans the file.
     pub fn incomplete_slots(&self) -> u64 {
         let bytes = &self.map[HEADER_SIZE..HEADER_SIZE + self.slots * RECORD_SIZE];
         bytes
             .chunks_exact(RECORD_SIZE)
-            .filter(|c| !is_valid(c))
+            .filter(|c| !is_valid(c) && !is_padding(c))
             .count() as u64
     }
 }
@@ -385,6 +385,12 @@ impl Trace {
 fn is_valid(slot: &[u8]) -> bool {
     let f = u32::from_le_bytes([slot[76], slot[77], slot[78], slot[79]]);
     f & flags::VALID != 0
+}
+
+/// Whether a slot is padding: flags exactly [`flags::PAD`].
+#[inline]
+fn is_padding(slot: &[u8]) -> bool {
+    u32::from_le_bytes([slot[76], slot[77], slot[78], slot[79]]) == flags::PAD
 }
 
 /// Iterator over the complete records of a range of slots.

@@ -555,7 +555,9 @@ impl Stats {
             dir: trace.dir().display().to_string(),
             filter: filter.describe(),
             slots: acc.seen,
-            incomplete_slots: acc.seen - acc.valid,
+            // Padding slots (direct writes fill the rest of a page) are
+            // neither records nor missing.
+            incomplete_slots: (acc.seen - acc.valid).saturating_sub(trace.header().padding),
             dropped: trace.header().dropped,
             records,
             t_start_ns,

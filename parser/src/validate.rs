@@ -275,9 +275,14 @@ impl Validation {
             complete.checked = checked_slots as u64;
         }
         for i in 0..checked_slots {
+            // A record, or padding that filled the rest of a page written
+            // whole (flag PAD, never with VALID).
             let valid = trace
                 .slot_bytes(i)
-                .map(|b| u32::from_le_bytes([b[76], b[77], b[78], b[79]]) & flags::VALID != 0)
+                .map(|b| {
+                    let f = u32::from_le_bytes([b[76], b[77], b[78], b[79]]);
+                    f & flags::VALID != 0 || f == flags::PAD
+                })
                 .unwrap_or(false);
             if !valid {
                 complete.fail(i as u64, || {

@@ -76,8 +76,13 @@ pub struct TraceHeader {
     /// it hold exactly the records of steps `0..steps_done`; a trace that
     /// was not finished has its unfinished step at and above it.
     pub steps_done_slots: u64,
-    /// 104..256: zero.
-    pub reserved: [u8; 152],
+    /// 104: slots written as padding ([`flags::PAD`], no VALID): a writer
+    /// that writes whole 4 KiB pages straight to the disk fills the rest of
+    /// its last page with them. `records == complete + padding` once a
+    /// trace is finished without drops.
+    pub padding: u64,
+    /// 112..256: zero.
+    pub reserved: [u8; 144],
 }
 
 const _: () = assert!(std::mem::size_of::<TraceHeader>() == HEADER_SIZE);
@@ -268,7 +273,8 @@ impl TraceHeader {
             steps_done: 0,
             pad: 0,
             steps_done_slots: 0,
-            reserved: [0; 152],
+            padding: 0,
+            reserved: [0; 144],
         }
     }
 
@@ -293,7 +299,8 @@ impl TraceHeader {
         b[88..92].copy_from_slice(&self.steps_done.to_le_bytes());
         b[92..96].copy_from_slice(&self.pad.to_le_bytes());
         b[96..104].copy_from_slice(&self.steps_done_slots.to_le_bytes());
-        b[104..256].copy_from_slice(&self.reserved);
+        b[104..112].copy_from_slice(&self.padding.to_le_bytes());
+        b[112..256].copy_from_slice(&self.reserved);
         b
     }
 
@@ -303,8 +310,8 @@ impl TraceHeader {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let mut magic = [0u8; 8];
         magic.copy_from_slice(&b[0..8]);
-        let mut reserved = [0u8; 152];
-        reserved.copy_from_slice(&b[104..256]);
+        let mut reserved = [0u8; 144];
+        reserved.copy_from_slice(&b[112..256]);
         TraceHeader {
             magic,
             version: u32_at(8),
@@ -324,6 +331,7 @@ impl TraceHeader {
             steps_done: u32_at(88),
             pad: u32_at(92),
             steps_done_slots: u64_at(96),
+            padding: u64_at(104),
             reserved,
         }
     }
@@ -348,7 +356,10 @@ impl TraceHeader {
                 self.header_size, self.record_size, HEADER_SIZE, RECORD_SIZE
             ));
         }
-        if self.records > self.capacity || self.complete > self.records {
+        if self.records > self.capacity
+            || self.complete > self.records
+            || self.padding > self.records - self.complete
+        {
             return Err(format!(
                 "corrupt header: records {} complete {} capacity {}",
                 self.records, self.complete, self.capacity
@@ -372,6 +383,9 @@ pub mod flags {
     /// The record was emitted at op level (one per op and thread), not per
     /// chunk of a weight read.
     pub const OP_LEVEL: u32 = 1 << 2;
+    /// A padding slot (never together with VALID): it holds no record and
+    /// fills the rest of a 4 KiB page that a writer wrote whole.
+    pub const PAD: u32 = 1 << 30;
 }
 
 macro_rules! code_enum {

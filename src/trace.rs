@@ -404,9 +404,9 @@ unsafe extern "C" fn ggml_trace_hook(
         // This thread finished its part of a graph.
         if cut == 2 {
             let _ = SCRATCH.try_with(|s| s.try_borrow_mut().map(|mut s| s.clear()));
-        } else {
-            sink::flush_local();
         }
+        // Otherwise the thread's records wait in its block for the next
+        // handover (see `TraceSession::after`).
         return;
     }
     if evs.is_null() || n < 0 {
@@ -885,14 +885,19 @@ impl StepHook for TraceSession {
         );
     }
     fn after(&mut self, step: u32) {
-        sink::flush_all();
         // Runtime tensors seen in this step join registry.json now (in
-        // practice during the first steps only), and only then is the step
-        // marked done in the header: a reader of a killed trace finds every
-        // tensor of every completed step. A failure here is reported by
-        // `finish`, which writes it again; the step is then not marked.
-        if self.save_registry().is_ok() {
-            self.sink.mark_steps_done(step + 1);
+        // practice during the first steps only). Every 50 ms or so (and
+        // after the prompt) the records buffered in the threads are handed
+        // to the writer, and only after both are the steps marked done in
+        // the header: a reader of a killed trace finds every tensor of every
+        // completed step. A registry failure is reported by `finish`, which
+        // writes it again; the steps are then not marked.
+        let saved = self.save_registry().is_ok();
+        if step == 0 || sink::handover_due() {
+            sink::flush_all();
+            if saved {
+                self.sink.mark_steps_done(step + 1);
+            }
         }
     }
 }

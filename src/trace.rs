@@ -404,9 +404,12 @@ unsafe extern "C" fn ggml_trace_hook(
         // This thread finished its part of a graph.
         if cut == 2 {
             let _ = SCRATCH.try_with(|s| s.try_borrow_mut().map(|mut s| s.clear()));
+        } else if !sink::direct_active() {
+            // Writes through the page cache: each thread writes its own.
+            sink::flush_local();
         }
-        // Otherwise the thread's records wait in its block for the next
-        // handover (see `TraceSession::after`).
+        // With a writer thread the records wait in the thread's block for
+        // the next handover (see `TraceSession::after`).
         return;
     }
     if evs.is_null() || n < 0 {
@@ -556,7 +559,8 @@ fn prefetch_memos(table: &[Memo], evs: &[ffi::ggml_cpu_trace_event]) {
                         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
                     }
                     _mm_prefetch::<_MM_HINT_T0>(
-                        (ev.node as *const i8).wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, padding)),
+                        (ev.node as *const i8)
+                            .wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, padding)),
                     );
                 }
             }

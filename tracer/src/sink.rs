@@ -1372,8 +1372,20 @@ static LAST_FLUSH_NS: AtomicU64 = AtomicU64::new(0);
 /// costs the writer thread about 40 us of CPU whatever its size, as much
 /// as writing 2,000 records. A process killed between handovers loses at
 /// most the records of that interval and of the writes still queued.
+/// Without a writer thread (writes through the page cache, by the thread
+/// that hands records over) it is always due: each thread writes its own
+/// records at the end of each graph ([`flush_local`]) and the rest goes at
+/// every step boundary, so no thread writes a long interval's worth alone.
 pub fn handover_due() -> bool {
-    monotonic_ns().saturating_sub(LAST_FLUSH_NS.load(Ordering::Relaxed)) >= HANDOVER_INTERVAL_NS
+    !direct_active()
+        || monotonic_ns().saturating_sub(LAST_FLUSH_NS.load(Ordering::Relaxed))
+            >= HANDOVER_INTERVAL_NS
+}
+
+/// Whether the installed sink writes by its writer thread (see
+/// [`TraceSink::is_direct`]); false when none is installed.
+pub fn direct_active() -> bool {
+    with_active(|s| s.is_some_and(|s| s.is_direct()))
 }
 
 /// Hand every thread's pending records over to the sink. Call when the

@@ -706,6 +706,8 @@ pub struct TraceSession {
     n_weights: usize,
     /// Tensors in the registry.json on disk.
     registry_saved: usize,
+    /// Steps whose `after` has run: `finish` marks them all done.
+    steps_ended: u32,
     finished: bool,
 }
 
@@ -805,6 +807,7 @@ impl TraceSession {
             tagged: structs,
             n_weights,
             registry_saved: 0,
+            steps_ended: 0,
             finished: false,
         };
         session.save_registry()?;
@@ -871,6 +874,11 @@ impl TraceSession {
         }
         let st = STATE.swap(std::ptr::null_mut(), Ordering::AcqRel);
         sink::uninstall();
+        // Every ended step is complete once what was handed over is written
+        // (the writer thread marks it after the queued writes).
+        if self.steps_ended > 0 && self.save_registry().is_ok() {
+            self.sink.mark_steps_done(self.steps_ended);
+        }
         let stats = self
             .sink
             .finish()
@@ -937,6 +945,7 @@ impl StepHook for TraceSession {
         // completed step. A registry failure is reported by `finish`, which
         // writes it again; the steps are then not marked.
         let saved = self.save_registry().is_ok();
+        self.steps_ended = self.steps_ended.max(step + 1);
         if step == 0 || sink::handover_due() {
             sink::flush_all();
             if saved {

@@ -387,7 +387,7 @@ impl Validation {
         if let Some(p) = &self.partial {
             writeln!(
                 w,
-                "PARTIAL    the trace was not finished: steps 0..{} checked; step {} is partial, {} records from slot {}, not checked",
+                "PARTIAL    the trace was not finished: steps 0..{} checked; step {} is partial (with any step after it), {} records from slot {}, not checked",
                 p.steps_done, p.steps_done, p.records, p.first_slot
             )?;
         }

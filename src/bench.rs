@@ -441,7 +441,7 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
     println!("tracing off   median {mo:8.1} tok/s   [{}]", fmt_list(&off));
     println!("tracing on    median {mn:8.1} tok/s   [{}]", fmt_list(&on));
     println!(
-        "records per decode step: {recs_per_step:.0}; step-boundary hooks {:.3} ms per step (each thread writes its own records at the end of every graph, inside the decode)",
+        "records per decode step: {recs_per_step:.0}; step-boundary hooks {:.3} ms per step (handing the blocks to the writer thread every 50 ms, and the writer taking a core meanwhile; without one, each thread writes its own records at the end of every graph)",
         median(&flush_s)
     );
     let total = median(&per_rec);

@@ -530,7 +530,8 @@ unsafe extern "C" fn ggml_trace_hook(
     }
 }
 
-/// Ask for the memo slots (and the nodes' padding words) of a batch before
+/// Ask for the memo slots (and the nodes' padding words and the data
+/// pointers of the tensors read) of a batch before
 /// they are used. The hook runs once per 64 events, after the thread has
 /// streamed megabytes of weights, so each node's slot has left the caches;
 /// looking them up one by one cost a memory latency per node (measured: half
@@ -561,6 +562,11 @@ fn prefetch_memos(table: &[Memo], evs: &[ffi::ggml_cpu_trace_event]) {
                     _mm_prefetch::<_MM_HINT_T0>(
                         (ev.node as *const i8)
                             .wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, padding)),
+                    );
+                    // The tensor read: its data pointer is part of the key.
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        (ev.src as *const i8)
+                            .wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, data)),
                     );
                 }
             }

@@ -361,8 +361,8 @@ impl TraceHeader {
             || self.padding > self.records - self.complete
         {
             return Err(format!(
-                "corrupt header: records {} complete {} capacity {}",
-                self.records, self.complete, self.capacity
+                "corrupt header: records {} complete {} padding {} capacity {}",
+                self.records, self.complete, self.padding, self.capacity
             ));
         }
         Ok(())
@@ -540,6 +540,18 @@ mod tests {
         let mut bad = back;
         bad.records = 2000;
         assert!(bad.check().is_err());
+        // Padding: its own bytes, and never more than the slots that are
+        // not records.
+        let mut h = back;
+        (h.records, h.complete, h.padding) = (100, 90, 10);
+        let b = TraceHeader::from_bytes(&h.to_bytes());
+        assert_eq!((b.padding, b.check()), (10, Ok(())));
+        assert_eq!(
+            u64::from_le_bytes(h.to_bytes()[104..112].try_into().unwrap()),
+            10
+        );
+        h.padding = 11;
+        assert!(h.check().unwrap_err().contains("padding 11"));
     }
 
     #[test]

@@ -166,6 +166,9 @@ impl Block {
     /// [`store_fence`] before anyone else reads the block.
     #[inline(always)]
     fn put(&mut self, i: usize, r: &TraceRecord) {
+        // Callers hand a block over before it fills (LOCAL_CAPACITY plus a
+        // page of padding fit), so this never drops a record.
+        debug_assert!(i < BLOCK_SLOTS);
         if i >= BLOCK_SLOTS {
             return;
         }

@@ -389,24 +389,22 @@ unsafe impl Sync for Core {}
 
 /// Monotonic clock in ns (CLOCK_MONOTONIC, the clock the ggml hooks use).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the valid timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// CPU time of the calling thread, ns (the writer thread's cost is CPU
 /// taken from the engine's threads, not the time it waits for the disk).
 fn thread_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the valid timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -748,20 +746,13 @@ impl Core {
         let slots = end - cur;
         if queue {
             if let Some(q) = &self.queue {
-                let t = if profiling() { monotonic_ns() } else { 0 };
                 let job = Job::Write {
                     block,
                     slot: cur,
                     n: take,
                     slots,
                 };
-                let r = q.push(job);
-                if t != 0 {
-                    let d = monotonic_ns() - t;
-                    let _ = THREAD_WRITE_NS.try_with(|c| c.set(c.get() + d));
-                    COST_WRITE_NS.fetch_add(d, Ordering::Relaxed);
-                    COST_WRITE_RECS.fetch_add(take, Ordering::Relaxed);
-                }
+                let r = timed_handover(take, || q.push(job));
                 return match r {
                     Ok(()) => (take as usize, None),
                     Err(Job::Write { block, .. }) => {
@@ -773,14 +764,7 @@ impl Core {
                 };
             }
         }
-        let t = if profiling() { monotonic_ns() } else { 0 };
-        let ok = self.write_job(&block, cur, take, slots);
-        if t != 0 {
-            let d = monotonic_ns() - t;
-            let _ = THREAD_WRITE_NS.try_with(|c| c.set(c.get() + d));
-            COST_WRITE_NS.fetch_add(d, Ordering::Relaxed);
-            COST_WRITE_RECS.fetch_add(take, Ordering::Relaxed);
-        }
+        let ok = timed_handover(take, || self.write_job(&block, cur, take, slots));
         (if ok { take as usize } else { 0 }, Some(block))
     }
 
@@ -1113,6 +1097,21 @@ thread_local! {
     /// This thread's write time while profiling, so that a hook can take
     /// the writes it triggered out of its building time.
     static THREAD_WRITE_NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `f`, a handover of `recs` records on an engine's thread, counting
+/// its time while profiling.
+fn timed_handover<R>(recs: u64, f: impl FnOnce() -> R) -> R {
+    if !profiling() {
+        return f();
+    }
+    let t = monotonic_ns();
+    let r = f();
+    let d = monotonic_ns() - t;
+    let _ = THREAD_WRITE_NS.try_with(|c| c.set(c.get() + d));
+    COST_WRITE_NS.fetch_add(d, Ordering::Relaxed);
+    COST_WRITE_RECS.fetch_add(recs, Ordering::Relaxed);
+    r
 }
 
 /// This thread's time in positioned writes while profiling.

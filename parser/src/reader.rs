@@ -382,14 +382,14 @@ impl Trace {
 
 /// Whether a slot's flags word has [`flags::VALID`].
 #[inline]
-fn is_valid(slot: &[u8]) -> bool {
+pub(crate) fn is_valid(slot: &[u8]) -> bool {
     let f = u32::from_le_bytes([slot[76], slot[77], slot[78], slot[79]]);
     f & flags::VALID != 0
 }
 
 /// Whether a slot is padding: flags exactly [`flags::PAD`].
 #[inline]
-fn is_padding(slot: &[u8]) -> bool {
+pub(crate) fn is_padding(slot: &[u8]) -> bool {
     u32::from_le_bytes([slot[76], slot[77], slot[78], slot[79]]) == flags::PAD
 }
 

@@ -279,10 +279,7 @@ impl Validation {
             // whole (flag PAD, never with VALID).
             let valid = trace
                 .slot_bytes(i)
-                .map(|b| {
-                    let f = u32::from_le_bytes([b[76], b[77], b[78], b[79]]);
-                    f & flags::VALID != 0 || f == flags::PAD
-                })
+                .map(|b| crate::reader::is_valid(b) || crate::reader::is_padding(b))
                 .unwrap_or(false);
             if !valid {
                 complete.fail(i as u64, || {

@@ -779,11 +779,7 @@ impl Core {
         let res = self.write_at(bytes, off);
         match res {
             Ok(()) => {
-                self.counter(OFF_COMPLETE).fetch_add(n, Ordering::Release);
-                if slots > n {
-                    self.counter(OFF_PADDING)
-                        .fetch_add(slots - n, Ordering::Relaxed);
-                }
+                self.publish(n, slots - n);
                 true
             }
             Err(_) => {
@@ -1002,13 +998,17 @@ impl Core {
                 }
             }
         }
-        self.counter(OFF_COMPLETE)
-            .fetch_add(n_recs, Ordering::Release);
-        if n_pad > 0 {
-            self.counter(OFF_PADDING)
-                .fetch_add(n_pad, Ordering::Relaxed);
-        }
+        self.publish(n_recs, n_pad);
         true
+    }
+
+    /// `recs` records and `pad` padding slots are in the file.
+    fn publish(&self, recs: u64, pad: u64) {
+        self.counter(OFF_COMPLETE)
+            .fetch_add(recs, Ordering::Release);
+        if pad > 0 {
+            self.counter(OFF_PADDING).fetch_add(pad, Ordering::Relaxed);
+        }
     }
 }
 

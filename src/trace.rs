@@ -48,6 +48,8 @@ static PHASE: AtomicU8 = AtomicU8::new(0);
 /// same address and has the same activation operand.
 #[derive(Clone, Copy)]
 struct Memo {
+    /// The node's index ([`node_index`]); `u32::MAX` in an empty entry.
+    idx: u32,
     node: usize,
     src: usize,
     src_data: usize,
@@ -59,6 +61,7 @@ struct Memo {
 }
 
 const MEMO_EMPTY: Memo = Memo {
+    idx: u32::MAX,
     node: 0,
     src: 0,
     src_data: 0,
@@ -68,29 +71,32 @@ const MEMO_EMPTY: Memo = Memo {
     template: TraceRecord::EMPTY,
 };
 
-/// Slots of a thread's memo table (direct mapped on the node address); a
-/// decode graph has a few hundred traced nodes.
-const MEMO_SLOTS: usize = 1024;
+/// Nodes a thread's memo table holds (two entries each). A decode graph has
+/// a few hundred traced nodes; indices are handed out per session, and a
+/// long run that builds many graphs reuses the table modulo this (an entry
+/// keeps its node's full index, so a reused slot only costs a miss).
+const MEMO_NODES: usize = 4096;
 
 thread_local! {
-    /// This thread's memo table. A record costs a lookup, a few compares and
-    /// one 128-byte copy; tensors are resolved again only when ggml builds a
-    /// new node (llama.cpp reuses decode graphs, so mostly never).
-    static MEMO: RefCell<Option<Box<[Memo]>>> = const { RefCell::new(None) };
-}
-
-/// The memo slot of (node, tensor read). Most nodes read one tensor; a
-/// FLASH_ATTN_EXT node reads two (K and V, alternately), and each gets its
-/// own entry so that neither evicts the other.
-fn memo_slot(node: usize, src: usize) -> usize {
-    ((node >> 4) ^ (src >> 4).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        >> (usize::BITS - MEMO_SLOTS.trailing_zeros())
+    /// This thread's memo table, indexed by the node index that the node's
+    /// stamp carries ([`node_stamp`]): entries `2i` and `2i + 1` belong to
+    /// node `i`, one per tensor it reads (a FLASH_ATTN_EXT node reads two,
+    /// K and V, alternately). A record costs a load of the node's stamp,
+    /// a few compares and one 128-byte copy; tensors are resolved again
+    /// only when ggml builds a new node (llama.cpp reuses decode graphs, so
+    /// mostly never). Unlike a hash of the node's address, the index never
+    /// makes two nodes of one graph evict each other (measured: with a
+    /// 1024-slot direct-mapped table, 134 of SmolLM2's ~300 node entries
+    /// missed on every decode step).
+    static MEMO: RefCell<Vec<Memo>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What the hook needs to resolve tensors; frozen while the hook is installed
 /// except for the runtime map, which has its own lock.
 struct HookState {
     generation: u64,
+    /// The next node index to hand out ([`node_index`]).
+    next_node: AtomicU32,
     /// Converts the trace points' clock readings to record times.
     clock: Arc<Calibration>,
     /// Per id: layer and whether the copy read is repacked.
@@ -240,7 +246,13 @@ impl HookState {
 
     /// A memo entry for a node this thread has no valid entry for.
     #[cold]
-    fn memo(&self, ev: &ffi::ggml_cpu_trace_event, src: &ffi::ggml_tensor, stamp: u64) -> Memo {
+    fn memo(
+        &self,
+        ev: &ffi::ggml_cpu_trace_event,
+        src: &ffi::ggml_tensor,
+        stamp: u64,
+        idx: u32,
+    ) -> Memo {
         // SAFETY: a live node; its op and name are not written while it is
         // computed (only its padding is, and only atomically).
         let (op, node_name) = unsafe {
@@ -289,6 +301,7 @@ impl HookState {
             _ => template.set_name(name_bytes(base)),
         }
         Memo {
+            idx,
             node: ev.node as usize,
             src: ev.src as usize,
             src_data: src.data as usize,
@@ -343,9 +356,42 @@ unsafe fn pad_word<'a>(t: *const ffi::ggml_tensor) -> &'a AtomicU64 {
     unsafe { AtomicU64::from_ptr(std::ptr::addr_of!((*t).padding) as *mut u64) }
 }
 
-/// The stamp this session writes on the graph nodes it memoised.
+/// The stamp this session writes on the graph nodes it memoised: the
+/// session's generation (low 32 bits) and [`NODE_MARK`]; the node's index
+/// in the memo tables goes in the top 24 bits ([`node_index`]).
 fn node_stamp(generation: u64) -> u64 {
     (generation & 0xffff_ffff) | (NODE_MARK as u64) << 32
+}
+
+/// Bits of a node's padding word that hold the session stamp.
+const STAMP_MASK: u64 = (1 << 40) - 1;
+/// A node index: 24 bits, from a counter that would wrap after 16M nodes
+/// (the memo table uses it modulo [`MEMO_NODES`] and keeps it in the entry).
+const NODE_INDEX_MASK: u64 = (1 << 24) - 1;
+
+/// The memo index of a node: read from its stamp when this session stamped
+/// it, otherwise claimed from the session's counter and written there (by
+/// whichever thread gets there first; the others adopt its index).
+#[inline(always)]
+fn node_index(word: &AtomicU64, stamp: u64, next: &AtomicU32) -> usize {
+    let w = word.load(Ordering::Relaxed);
+    if w & STAMP_MASK == stamp {
+        return (w >> 40) as usize;
+    }
+    claim_node_index(word, w, stamp, next)
+}
+
+#[cold]
+fn claim_node_index(word: &AtomicU64, old: u64, stamp: u64, next: &AtomicU32) -> usize {
+    let idx = next.fetch_add(1, Ordering::Relaxed) as u64 & NODE_INDEX_MASK;
+    match word.compare_exchange(old, stamp | idx << 40, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => idx as usize,
+        Err(w) if w & STAMP_MASK == stamp => (w >> 40) as usize,
+        // Rewritten meanwhile by something that is not this session (ggml
+        // rebuilding the node would be a bug: it is being computed). Use the
+        // claimed index without stamping; the entry's key check still holds.
+        Err(_) => idx as usize,
+    }
 }
 
 /// The registry id the tracer wrote into a weight's padding, if any.
@@ -437,7 +483,7 @@ unsafe extern "C" fn ggml_trace_hook(
             let Ok(mut m) = m.try_borrow_mut() else {
                 return false;
             };
-            let table = m.get_or_insert_with(|| vec![MEMO_EMPTY; MEMO_SLOTS].into_boxed_slice());
+            let table = &mut *m;
             if cut == 2 {
                 let _ = SCRATCH.try_with(|s| {
                     let Ok(mut s) = s.try_borrow_mut() else {
@@ -449,17 +495,8 @@ unsafe extern "C" fn ggml_trace_hook(
                         }
                         // SAFETY: non-null and live for the call (see above).
                         let src = unsafe { &*ev.src };
-                        let slot = &mut table[memo_slot(ev.node as usize, ev.src as usize)];
-                        // SAFETY: ev.node is a live tensor.
-                        let node_word = unsafe { pad_word(ev.node) };
-                        if !(slot.node == ev.node as usize
-                            && slot.src == ev.src as usize
-                            && slot.stamp == stamp
-                            && node_word.load(Ordering::Relaxed) == stamp)
-                        {
-                            *slot = st.memo(ev, src, stamp);
-                            node_word.store(stamp, Ordering::Relaxed);
-                        }
+                        let j = memo_entry(table, st, ev, src, stamp);
+                        let slot = &table[j];
                         if s.len() >= 4096 {
                             s.clear();
                         }
@@ -471,7 +508,7 @@ unsafe extern "C" fn ggml_trace_hook(
                 });
                 return true;
             }
-            prefetch_memos(table, evs);
+            prefetch_memos(table, stamp, evs);
             let written = sink::with_writer(|w| {
                 let mut malformed = 0;
                 for ev in evs {
@@ -481,19 +518,8 @@ unsafe extern "C" fn ggml_trace_hook(
                     }
                     // SAFETY: non-null and live for the call (see above).
                     let src = unsafe { &*ev.src };
-                    let slot = &mut table[memo_slot(ev.node as usize, ev.src as usize)];
-                    // SAFETY: ev.node is a live tensor.
-                    let node_word = unsafe { pad_word(ev.node) };
-                    let hit = slot.node == ev.node as usize
-                        && slot.src == ev.src as usize
-                        && slot.src_data == src.data as usize
-                        && slot.act == ev.act as usize
-                        && slot.stamp == stamp
-                        && node_word.load(Ordering::Relaxed) == stamp;
-                    if !hit {
-                        *slot = st.memo(ev, src, stamp);
-                        node_word.store(stamp, Ordering::Relaxed);
-                    }
+                    let j = memo_entry(table, st, ev, src, stamp);
+                    let slot = &table[j];
                     w.push_with(&slot.template, |r| fill(r, ev, &step, slot.off, &clock));
                 }
                 // An event without its tensors cannot become a record; count
@@ -516,7 +542,7 @@ unsafe extern "C" fn ggml_trace_hook(
                 continue;
             }
             // SAFETY: non-null and live for the call (see above).
-            let m = st.memo(ev, unsafe { &*ev.src }, stamp);
+            let m = st.memo(ev, unsafe { &*ev.src }, stamp, u32::MAX);
             sink::record_with(&m.template, |r| fill(r, ev, &step, m.off, &clock));
         }
     }
@@ -530,50 +556,125 @@ unsafe extern "C" fn ggml_trace_hook(
     }
 }
 
-/// Ask for the memo slots (and the nodes' padding words and the data
-/// pointers of the tensors read) of a batch before
-/// they are used. The hook runs once per 64 events, after the thread has
-/// streamed megabytes of weights, so each node's slot has left the caches;
-/// looking them up one by one cost a memory latency per node (measured: half
-/// of the hook's samples were on the first load of a slot). Asked for
-/// together, the misses overlap.
+/// The index in this thread's memo table of a valid entry for the event's
+/// (node, tensor read), resolving the tensors again if there is none.
+#[inline(always)]
+fn memo_entry(
+    table: &mut Vec<Memo>,
+    st: &HookState,
+    ev: &ffi::ggml_cpu_trace_event,
+    src: &ffi::ggml_tensor,
+    stamp: u64,
+) -> usize {
+    // SAFETY: ev.node is a live tensor (checked non-null by the caller).
+    let word = unsafe { pad_word(ev.node) };
+    let idx = node_index(word, stamp, &st.next_node);
+    let i = 2 * (idx % MEMO_NODES);
+    if table.len() < i + 2 {
+        grow_memo(table, i + 2);
+    }
+    let key = |m: &Memo| {
+        m.idx == idx as u32
+            && m.node == ev.node as usize
+            && m.src == ev.src as usize
+            && m.src_data == src.data as usize
+            && m.act == ev.act as usize
+            && m.stamp == stamp
+    };
+    if key(&table[i]) {
+        return i;
+    }
+    if key(&table[i + 1]) {
+        return i + 1;
+    }
+    refresh_memo(table, i, idx as u32, st, ev, src, stamp)
+}
+
+#[cold]
+fn grow_memo(table: &mut Vec<Memo>, len: usize) {
+    let len = len.next_power_of_two().clamp(64, 2 * MEMO_NODES);
+    table.resize(len, MEMO_EMPTY);
+}
+
+/// Resolve an event's tensors into one of its node's two entries: the one
+/// that already holds this tensor read (stale), else the first one not
+/// holding the node's other tensor read.
+#[cold]
+#[inline(never)]
+fn refresh_memo(
+    table: &mut [Memo],
+    i: usize,
+    idx: u32,
+    st: &HookState,
+    ev: &ffi::ggml_cpu_trace_event,
+    src: &ffi::ggml_tensor,
+    stamp: u64,
+) -> usize {
+    let ours = |m: &Memo| m.idx == idx && m.node == ev.node as usize && m.stamp == stamp;
+    let j = if ours(&table[i]) && table[i].src != ev.src as usize {
+        i + 1
+    } else {
+        i
+    };
+    table[j] = st.memo(ev, src, stamp, idx);
+    j
+}
+
+/// Ask for the nodes' stamps (which hold their memo indices) and the data
+/// pointers of the tensors read of a batch, then for the memo entries,
+/// before they are used. The hook runs once per 64 events, after the thread
+/// has streamed megabytes of weights, so these have left the caches; looking
+/// them up one by one cost a memory latency per node (measured: half of the
+/// hook's samples were on the first load of a slot). Asked for together, the
+/// misses overlap.
 #[inline]
-fn prefetch_memos(table: &[Memo], evs: &[ffi::ggml_cpu_trace_event]) {
+fn prefetch_memos(table: &[Memo], stamp: u64, evs: &[ffi::ggml_cpu_trace_event]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut prev = usize::MAX;
+        let mut prev = std::ptr::null();
         for ev in evs {
-            let i = memo_slot(ev.node as usize, ev.src as usize);
-            if i == prev {
+            if ev.node == prev {
                 continue;
             }
-            prev = i;
-            if let Some(m) = table.get(i) {
-                let p = m as *const Memo as *const i8;
-                // SAFETY: prefetches only hint the cache; they never fault
-                // and read nothing. The addresses are inside the slot (and,
-                // for the node, whatever ggml passed: a hint on any address
-                // is harmless).
-                unsafe {
-                    for off in (0..std::mem::size_of::<Memo>()).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off));
-                    }
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        (ev.node as *const i8)
-                            .wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, padding)),
-                    );
-                    // The tensor read: its data pointer is part of the key.
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        (ev.src as *const i8)
-                            .wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, data)),
-                    );
+            prev = ev.node;
+            // SAFETY: prefetches only hint the cache; they never fault and
+            // read nothing: a hint on any address is harmless.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    (ev.node as *const i8)
+                        .wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, padding)),
+                );
+                // The tensor read: its data pointer is part of the key.
+                _mm_prefetch::<_MM_HINT_T0>(
+                    (ev.src as *const i8)
+                        .wrapping_add(std::mem::offset_of!(ffi::ggml_tensor, data)),
+                );
+            }
+        }
+        let mut prev = std::ptr::null();
+        for ev in evs {
+            if ev.node == prev || ev.node.is_null() {
+                continue;
+            }
+            prev = ev.node;
+            // SAFETY: a live tensor (non-null; ggml passes live nodes).
+            let w = unsafe { pad_word(ev.node) }.load(Ordering::Relaxed);
+            if w & STAMP_MASK != stamp {
+                continue;
+            }
+            let i = 2 * ((w >> 40) as usize % MEMO_NODES);
+            if let Some(m) = table.get(i..i + 2) {
+                let p = m.as_ptr() as *const i8;
+                for off in (0..std::mem::size_of_val(m)).step_by(64) {
+                    // SAFETY: as above; the address is inside the table.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
                 }
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (table, evs);
+    let _ = (table, stamp, evs);
 }
 
 /// The step facts of every record of a batch.
@@ -776,6 +877,7 @@ impl TraceSession {
         let clock = Arc::new(Calibration::new(kind, sink.start_mono_ns()));
         let state = Box::into_raw(Box::new(HookState {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            next_node: AtomicU32::new(0),
             clock: clock.clone(),
             info,
             registry: registry.clone(),
@@ -998,4 +1100,49 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
     drop(w);
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_indices_are_claimed_once_and_never_shared() {
+        let next = AtomicU32::new(0);
+        let stamp = node_stamp(7);
+        let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let ia = node_index(&a, stamp, &next);
+        let ib = node_index(&b, stamp, &next);
+        assert_ne!(ia, ib, "two nodes of one session share an index");
+        assert_eq!(
+            node_index(&a, stamp, &next),
+            ia,
+            "a stamped node keeps its index"
+        );
+        assert_eq!(a.load(Ordering::Relaxed) & STAMP_MASK, stamp);
+        // ggml rebuilding a node zeroes its padding; another session's stamp
+        // is not ours either: both get a fresh index.
+        a.store(0, Ordering::Relaxed);
+        let ia2 = node_index(&a, stamp, &next);
+        assert!(ia2 != ia && ia2 != ib);
+        b.store(node_stamp(8) | 5 << 40, Ordering::Relaxed);
+        let ib2 = node_index(&b, stamp, &next);
+        assert!(ib2 != 5 && ib2 != ia2);
+        assert_eq!(b.load(Ordering::Relaxed) >> 40, ib2 as u64);
+    }
+
+    #[test]
+    fn node_indices_wrap_inside_the_padding_word() {
+        let next = AtomicU32::new(u32::MAX);
+        let stamp = node_stamp(1);
+        let w = AtomicU64::new(0);
+        let i = node_index(&w, stamp, &next);
+        assert_eq!(i as u64, u32::MAX as u64 & NODE_INDEX_MASK);
+        assert_eq!(
+            w.load(Ordering::Relaxed) & STAMP_MASK,
+            stamp,
+            "stamp intact"
+        );
+        assert_eq!(node_index(&w, stamp, &next), i);
+    }
 }

@@ -391,8 +391,14 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         std::env::set_var("CKTRACE_TRACE_CUT", c);
         println!("CKTRACE_TRACE_CUT={c}: tracing cut off at that stage in the 'on' runs");
     }
+    // Time the host took from this VM's CPUs (steal) during each run: on a
+    // virtual machine whose CPUs are all busy, the host's work for it (the
+    // virtual disk's writes, faulting in guest memory) comes out of them.
+    let (mut steal_off, mut steal_on) = (Vec::new(), Vec::new());
     for i in 0..a.reps {
+        let s0 = steal_ns();
         let t_off = generate(&mut ctx, &params, &mut NoHook, |_| {})?;
+        let s1 = steal_ns();
         ctx.clear();
         let dir = tmp.join(format!("r{i}"));
         let mut session = start(&dir)?;
@@ -400,7 +406,13 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
             inner: &mut session,
             secs: 0.0,
         };
+        let s2 = steal_ns();
         let t_on = generate(&mut ctx, &params, &mut timed, |_| {})?;
+        let s3 = steal_ns();
+        if let (Some(s0), Some(s1), Some(s2), Some(s3)) = (s0, s1, s2, s3) {
+            steal_off.push((s1 - s0) as f64 / 1e6 / t_off.n_decode.max(1) as f64);
+            steal_on.push((s3 - s2) as f64 / 1e6 / t_on.n_decode.max(1) as f64);
+        }
         flush_s.push(timed.secs * 1e3 / (t_on.n_decode + 1) as f64);
         ctx.clear();
         let st = session.finish(Default::default())?;
@@ -451,6 +463,17 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         clock_read_ns(cktrace_tracer::sink::monotonic_ns),
         clock_read_ns(crate::tsc::rdtsc)
     );
+    // Per step over the whole run (prompt included), so an estimate.
+    let stolen = if steal_on.is_empty() {
+        0.0
+    } else {
+        let (so, sn) = (median(&steal_off), median(&steal_on));
+        let per = (sn - so) * 1e6 / recs_per_step.max(1.0);
+        println!(
+            "time the host took from this machine's CPUs (steal, /proc/stat, whole runs): {so:.3} ms per step off, {sn:.3} on; the difference is {per:.0} ns per record of the cost"
+        );
+        per
+    };
     if let Some(c) = costs {
         let per = |ns: u64, n: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 };
         let (b, w) = (per(c.build_ns, c.build_recs), per(c.write_ns, c.write_recs));
@@ -459,12 +482,12 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         // own records side by side, so the wall time is about 1/threads.
         let th = a.threads.max(1) as f64;
         println!(
-            "measured in place (one more traced run, {} records), thread time per record: building {b:.1} ns in the hook, handing over {w:.1} ns ({}); writer thread {wt:.1} ns of CPU per record; as wall time with {th} threads side by side about {:.1} + {:.1} ns, leaving {:.0} ns of the cost per record to the C side (clock read, event copy), the writer thread and to what tracing does to the kernels' caches",
+            "measured in place (one more traced run, {} records), thread time per record: building {b:.1} ns in the hook, handing over {w:.1} ns ({}); writer thread {wt:.1} ns of CPU per record; as wall time with {th} threads side by side about {:.1} + {:.1} ns, and {stolen:.0} ns stolen by the host, leaving {:.0} ns of the cost per record to the C side (clock read, event copy), the writer thread and to what tracing does to the kernels' caches",
             c.build_recs,
             if c.writer_recs > 0 { "queued for the writer thread, direct writes" } else { "positioned writes through the page cache" },
             b / th,
             w / th,
-            total - (b + w) / th
+            total - (b + w) / th - stolen
         );
     }
     println!(
@@ -473,6 +496,17 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         paired_ratio(&on, &off)
     );
     Ok(())
+}
+
+/// Steal time of all CPUs so far (the `cpu` line of /proc/stat, in ns), or
+/// None where the kernel does not report it.
+fn steal_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks * 1_000_000_000 / hz as u64)
 }
 
 /// What one read of a clock (CLOCK_MONOTONIC, or the TSC) costs on this

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
+use rustc_hash::FxHashMap;
 
 use crate::ffi;
 use crate::generate::{generate, GenParams, NoHook};
@@ -134,6 +135,16 @@ pub fn median(v: &[f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The `q` quantile (0..=1) of `v`, nearest rank.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Median of the ratios of adjacent pairs `a[i] / b[i]`: each pair ran back
@@ -352,6 +363,83 @@ impl<H: crate::generate::StepHook> crate::generate::StepHook for TimedHook<'_, H
     }
 }
 
+/// Steps per block of `bench trace`'s interleaved estimate.
+const BLOCK_STEPS: u32 = 8;
+
+/// Turns tracing on and off in blocks of [`BLOCK_STEPS`] decode steps within
+/// one run and times each step. At the end of an "on" block it waits for
+/// the block's records to reach the file, inside that block's last step, so
+/// the writes are charged to the steps that made them and not to the "off"
+/// block after them. Adjacent blocks are a fraction of a second apart, so
+/// the machine's drift between runs cancels out.
+struct BlockHook<'a> {
+    inner: &'a mut crate::trace::TraceSession,
+    /// Whether the first block of decode steps is traced.
+    first_on: bool,
+    t0: Option<Instant>,
+    /// (step, traced, seconds) of every decode step.
+    steps: Vec<(u32, bool, f64)>,
+}
+
+impl BlockHook<'_> {
+    fn traced(&self, step: u32) -> bool {
+        step == 0 || (((step - 1) / BLOCK_STEPS) % 2 == 0) == self.first_on
+    }
+}
+
+impl crate::generate::StepHook for BlockHook<'_> {
+    fn before(&mut self, step: u32, pos: i32, tokens: &[i32]) {
+        let on = self.traced(step);
+        if step == 0 || on != self.traced(step - 1) {
+            self.inner.set_recording(on);
+        }
+        self.t0 = Some(Instant::now());
+        self.inner.before(step, pos, tokens);
+    }
+    fn after(&mut self, step: u32) {
+        self.inner.after(step);
+        let on = self.traced(step);
+        if on && !self.traced(step + 1) {
+            self.inner.drain();
+        }
+        if let Some(t0) = self.t0.take() {
+            if step > 0 {
+                self.steps.push((step, on, t0.elapsed().as_secs_f64()));
+            }
+        }
+    }
+}
+
+/// The interleaved estimate from one run's step times and records per
+/// step: per pair of adjacent whole blocks (one traced, one not), the
+/// difference of their mean step times per record, and the ratio of their
+/// speeds.
+fn block_pairs(steps: &[(u32, bool, f64)], recs: &FxHashMap<u32, u64>) -> Vec<(f64, f64)> {
+    let mut blocks: Vec<(bool, f64, u64, u32)> = Vec::new(); // (on, secs, records, steps)
+    for &(step, on, secs) in steps {
+        let b = ((step - 1) / BLOCK_STEPS) as usize;
+        if blocks.len() <= b {
+            blocks.resize(b + 1, (on, 0.0, 0, 0));
+        }
+        let e = &mut blocks[b];
+        e.1 += secs;
+        e.2 += recs.get(&step).copied().unwrap_or(0);
+        e.3 += 1;
+    }
+    blocks
+        .chunks_exact(2)
+        .filter(|p| p[0].3 == BLOCK_STEPS && p[1].3 == BLOCK_STEPS && p[0].0 != p[1].0)
+        .filter_map(|p| {
+            let (on, off) = if p[0].0 { (p[0], p[1]) } else { (p[1], p[0]) };
+            (on.2 > 0).then(|| {
+                let n = BLOCK_STEPS as f64;
+                let per_rec = (on.1 - off.1) / n * 1e9 / (on.2 as f64 / n);
+                (per_rec, off.1 / on.1)
+            })
+        })
+        .collect()
+}
+
 fn bench_trace(a: &BenchArgs) -> Result<()> {
     let s = setup(a)?;
     let mut ctx = Context::new(&s.model, cparams(a), None)?;
@@ -431,6 +519,34 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         per_rec.push((t_on.decode_s - t_off.decode_s) * 1e9 / n_dec);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    // The interleaved estimate: blocks of steps on and off within each run.
+    let mut pairs = Vec::new();
+    if cut.is_none() {
+        for i in 0..a.reps {
+            let dir = tmp.join(format!("b{i}"));
+            let mut session = start(&dir)?;
+            let mut hook = BlockHook {
+                inner: &mut session,
+                first_on: i % 2 == 0,
+                t0: None,
+                steps: Vec::new(),
+            };
+            generate(&mut ctx, &params, &mut hook, |_| {})?;
+            let steps = std::mem::take(&mut hook.steps);
+            ctx.clear();
+            let st = session.finish(Default::default())?;
+            if st.dropped != 0 {
+                bail!("{} records dropped during the benchmark", st.dropped);
+            }
+            let trace = cktrace_parser::Trace::open(&dir)?;
+            let mut recs: FxHashMap<u32, u64> = FxHashMap::default();
+            for r in trace.records() {
+                *recs.entry(r.step).or_default() += 1;
+            }
+            pairs.extend(block_pairs(&steps, &recs));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
     // One more traced run, with the tracer timing itself in place: the
     // hook's building time and the positioned writes, per record (the two
     // clock reads per batch of 64 events and per write cost ~1 ns/record).
@@ -495,6 +611,18 @@ fn bench_trace(a: &BenchArgs) -> Result<()> {
         mn / mo,
         paired_ratio(&on, &off)
     );
+    if !pairs.is_empty() {
+        let per: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+        let ratio: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        println!(
+            "interleaved, blocks of {BLOCK_STEPS} steps on and off within each run ({} pairs, an on block's writes waited for in it): cost per record {:.0} ns (median; quartiles {:.0} to {:.0}), ratio on/off {:.3}",
+            pairs.len(),
+            median(&per),
+            quantile(&per, 0.25),
+            quantile(&per, 0.75),
+            median(&ratio)
+        );
+    }
     Ok(())
 }
 

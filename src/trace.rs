@@ -965,6 +965,14 @@ impl TraceSession {
         unsafe { ffi::ggml_cpu_set_trace_hook(if on { Some(ggml_trace_hook) } else { None }) };
     }
 
+    /// Hand every thread's records over and wait until they are in the file
+    /// (a benchmark's way of charging the writes to the steps that made
+    /// them). Call between decodes.
+    pub fn drain(&mut self) {
+        sink::flush_all();
+        self.sink.sync();
+    }
+
     /// Remove the hook, flush everything, write registry.json and meta.json.
     /// A session finishes once; a second call is an error.
     pub fn finish(&mut self, mut meta: Meta) -> Result<SinkStats> {

@@ -375,10 +375,22 @@ const NODE_INDEX_MASK: u64 = (1 << 24) - 1;
 #[inline(always)]
 fn node_index(word: &AtomicU64, stamp: u64, next: &AtomicU32) -> usize {
     let w = word.load(Ordering::Relaxed);
-    if w & STAMP_MASK == stamp {
-        return (w >> 40) as usize;
+    match stamped_index(w, stamp) {
+        Some(i) => i,
+        None => claim_node_index(word, w, stamp, next),
     }
-    claim_node_index(word, w, stamp, next)
+}
+
+/// The node index a padding word holds, if this session stamped it.
+#[inline(always)]
+fn stamped_index(word: u64, stamp: u64) -> Option<usize> {
+    (word & STAMP_MASK == stamp).then_some((word >> 40) as usize)
+}
+
+/// The first of a node's two entries in a thread's memo table.
+#[inline(always)]
+fn memo_slot(idx: usize) -> usize {
+    2 * (idx % MEMO_NODES)
 }
 
 #[cold]
@@ -386,11 +398,14 @@ fn claim_node_index(word: &AtomicU64, old: u64, stamp: u64, next: &AtomicU32) ->
     let idx = next.fetch_add(1, Ordering::Relaxed) as u64 & NODE_INDEX_MASK;
     match word.compare_exchange(old, stamp | idx << 40, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => idx as usize,
-        Err(w) if w & STAMP_MASK == stamp => (w >> 40) as usize,
-        // Rewritten meanwhile by something that is not this session (ggml
-        // rebuilding the node would be a bug: it is being computed). Use the
-        // claimed index without stamping; the entry's key check still holds.
-        Err(_) => idx as usize,
+        Err(w) => match stamped_index(w, stamp) {
+            Some(i) => i,
+            // Rewritten meanwhile by something that is not this session
+            // (ggml rebuilding the node would be a bug: it is being
+            // computed). Use the claimed index without stamping; the
+            // entry's key check still holds.
+            None => idx as usize,
+        },
     }
 }
 
@@ -569,7 +584,7 @@ fn memo_entry(
     // SAFETY: ev.node is a live tensor (checked non-null by the caller).
     let word = unsafe { pad_word(ev.node) };
     let idx = node_index(word, stamp, &st.next_node);
-    let i = 2 * (idx % MEMO_NODES);
+    let i = memo_slot(idx);
     if table.len() < i + 2 {
         grow_memo(table, i + 2);
     }
@@ -660,10 +675,10 @@ fn prefetch_memos(table: &[Memo], stamp: u64, evs: &[ffi::ggml_cpu_trace_event])
             prev = ev.node;
             // SAFETY: a live tensor (non-null; ggml passes live nodes).
             let w = unsafe { pad_word(ev.node) }.load(Ordering::Relaxed);
-            if w & STAMP_MASK != stamp {
+            let Some(idx) = stamped_index(w, stamp) else {
                 continue;
-            }
-            let i = 2 * ((w >> 40) as usize % MEMO_NODES);
+            };
+            let i = memo_slot(idx);
             if let Some(m) = table.get(i..i + 2) {
                 let p = m.as_ptr() as *const i8;
                 for off in (0..std::mem::size_of_val(m)).step_by(64) {

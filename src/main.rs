@@ -197,6 +197,11 @@ struct RunArgs {
     /// Also record every other op (norms, rope, softmax, ...) at op level.
     #[arg(long)]
     trace_ops: bool,
+    /// How trace.bin stores records: packed (format version 2: each record
+    /// as the bytes that differ from the one before, about 19 bytes) or raw
+    /// (version 1: fixed 128-byte slots, readable with numpy alone).
+    #[arg(long, value_enum, default_value_t = TraceFormat::Packed, requires = "trace")]
+    trace_format: TraceFormat,
     /// Read the prompt text from FILE instead of -p.
     #[arg(long, value_name = "FILE", conflicts_with = "tokens")]
     prompt_file: Option<PathBuf>,
@@ -210,6 +215,13 @@ struct RunArgs {
     trace_steps: Option<(u32, u32)>,
     #[command(flatten)]
     engine: cktrace::ck_cli::EngineArgs,
+}
+
+/// `--trace-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TraceFormat {
+    Packed,
+    Raw,
 }
 
 fn main() -> ExitCode {
@@ -413,6 +425,7 @@ fn cmd_run(mut a: RunArgs) -> Result<ExitCode> {
             } else {
                 d.clone()
             };
+            cktrace_tracer::sink::set_packed(a.trace_format == TraceFormat::Packed);
             Some(TraceSession::start(
                 &dir,
                 &model,

@@ -467,8 +467,22 @@ fn damaged(src: &Path, dst: &Path, keep: impl Fn(&TraceRecord) -> bool, reg: imp
     let bytes = std::fs::read(src.join("trace.bin")).unwrap();
     let head: [u8; HEADER_SIZE] = bytes[..HEADER_SIZE].try_into().unwrap();
     let mut h = TraceHeader::from_bytes(&head);
+    // A packed trace is unpacked, and the copy written in fixed slots
+    // (version 1).
+    let slots = if h.is_packed() {
+        use cktrace_tracer::pack;
+        let scan = pack::scan(&bytes);
+        let mut img = vec![0u8; h.records as usize * RECORD_SIZE];
+        let (_, problems) = pack::unpack_into(&bytes, &scan.chunks, &mut img);
+        assert!(scan.problems.is_empty() && problems.is_empty());
+        h.version = cktrace_tracer::format::VERSION_RAW;
+        h.data_end = 0;
+        img
+    } else {
+        bytes[HEADER_SIZE..].to_vec()
+    };
     let mut body = Vec::new();
-    for c in bytes[HEADER_SIZE..].chunks_exact(RECORD_SIZE) {
+    for c in slots.chunks_exact(RECORD_SIZE) {
         let r = TraceRecord::from_bytes(c.try_into().unwrap());
         // Padding slots (direct writes) go; the copy is written whole.
         if r.flags != cktrace_tracer::format::flags::PAD && keep(&r) {

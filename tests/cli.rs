@@ -313,18 +313,45 @@ fn read_trace(dir: &Path) -> (TraceHeader, Vec<TraceRecord>) {
 /// The header and every slot of a trace, padding included.
 fn read_slots(dir: &Path) -> (TraceHeader, Vec<TraceRecord>) {
     let b = std::fs::read(dir.join("trace.bin")).unwrap();
+    slots_of(&b, None)
+}
+
+/// The header and the slots of the bytes of a trace file (the first
+/// `limit` slots of a version 1 file, if given, else all; a version 2
+/// file's chunks unpacked by the tracer's own reader, which must find no
+/// damage, into as many slots as the header reserves).
+fn slots_of(b: &[u8], limit: Option<usize>) -> (TraceHeader, Vec<TraceRecord>) {
+    use cktrace_tracer::pack;
     let h = TraceHeader::from_bytes(b[..HEADER_SIZE].try_into().unwrap());
-    let n = (b.len() - HEADER_SIZE) / RECORD_SIZE;
+    let image;
+    let body = if h.is_packed() {
+        let scan = pack::scan(b);
+        assert_eq!(scan.problems, Vec::<String>::new());
+        let mut img = vec![0u8; h.records as usize * RECORD_SIZE];
+        let (_, problems) = pack::unpack_into(b, &scan.chunks, &mut img);
+        assert_eq!(problems, Vec::<String>::new());
+        image = img;
+        &image[..]
+    } else {
+        &b[HEADER_SIZE..]
+    };
+    let n = (body.len() / RECORD_SIZE).min(limit.unwrap_or(usize::MAX));
     let recs = (0..n)
         .map(|i| {
-            TraceRecord::from_bytes(
-                b[HEADER_SIZE + i * RECORD_SIZE..][..RECORD_SIZE]
-                    .try_into()
-                    .unwrap(),
-            )
+            TraceRecord::from_bytes(body[i * RECORD_SIZE..][..RECORD_SIZE].try_into().unwrap())
         })
         .collect();
     (h, recs)
+}
+
+/// The length of a finished trace file of `h`: its chunks (version 2), or
+/// its slots (version 1).
+fn finished_len(h: &TraceHeader) -> u64 {
+    if h.is_packed() {
+        h.data_end
+    } else {
+        HEADER_SIZE as u64 + h.records * RECORD_SIZE as u64
+    }
 }
 
 #[test]
@@ -502,16 +529,12 @@ fn check_killed_trace(dir: &Path) -> (TraceHeader, String) {
     assert_eq!(h.check(), Ok(()));
     assert_eq!(h.finished, 0);
     assert!(h.complete <= h.records && h.steps_done_slots <= h.records);
-    // The file is sparse and sized for the whole capacity: read only the
-    // slots the header says were reserved.
-    let b = read_prefix(&trace, HEADER_SIZE + h.records as usize * RECORD_SIZE).unwrap();
-    let slot = |i: usize| {
-        TraceRecord::from_bytes(
-            b[HEADER_SIZE + i * RECORD_SIZE..][..RECORD_SIZE]
-                .try_into()
-                .unwrap(),
-        )
-    };
+    // A raw file is sparse and sized for the whole capacity: read only the
+    // slots the header says were reserved. A packed one: all of it (the
+    // kill may have cut no chunk: writes are whole).
+    let b = std::fs::read(&trace).unwrap();
+    let (_, slots) = slots_of(&b, Some(h.records as usize));
+    let slot = |i: usize| slots[i];
     let valid = (0..h.records as usize)
         .filter(|&i| slot(i).flags & flags::VALID != 0)
         .count() as u64;
@@ -665,10 +688,24 @@ fn traced_run(tag: &str, model_name: &str, args: &[&str]) -> (tempfile::TempDir,
 /// Trace SmolLM2 with weights read in place from the mapped file (no repack),
 /// so every weight read is its GGUF bytes.
 fn plain_trace(tag: &str, n: &str) -> (tempfile::TempDir, PathBuf) {
+    plain_trace_as(tag, n, "packed")
+}
+
+/// [`plain_trace`] in a given `--trace-format`: `raw` for the tests that
+/// edit records in place.
+fn plain_trace_as(tag: &str, n: &str, format: &str) -> (tempfile::TempDir, PathBuf) {
     let (d, dir, o) = traced_run(
         tag,
         "smollm2",
-        &["-p", "Hello world, this is", "-n", n, "--no-repack"],
+        &[
+            "-p",
+            "Hello world, this is",
+            "-n",
+            n,
+            "--no-repack",
+            "--trace-format",
+            format,
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     (d, dir)
@@ -780,7 +817,7 @@ fn validate_fails(dir: &Path, check: &str) {
 
 #[test]
 fn validate_passes_on_real_traces_and_names_each_corruption() {
-    let (d, dir) = plain_trace("validate", "3");
+    let (d, dir) = plain_trace_as("validate", "3", "raw");
     let o = run(&["parse", dir.to_str().unwrap(), "--validate"]);
     assert!(o.status.success(), "{}", stdout(&o));
     // Slot numbers: padding included.
@@ -862,9 +899,55 @@ fn exports_load_back() {
     assert!(b.starts_with(b"PAR1") && b.ends_with(b"PAR1"));
 }
 
+/// A packed trace (format version 2) damaged: a chunk cut by the end of
+/// the file, a chunk whose payload changed. Each costs only its own
+/// records, with a warning naming it; everything else still reads.
+#[test]
+fn damaged_packed_chunks_cost_only_their_records() {
+    use cktrace_tracer::pack;
+    let (d, dir) = plain_trace("packbad", "3");
+    let b = std::fs::read(dir.join("trace.bin")).unwrap();
+    let (h, slots) = slots_of(&b, None);
+    assert!(h.is_packed());
+    let total = slots.len() as u64;
+    assert_eq!(total, h.complete);
+    let chunks = pack::scan(&b).chunks;
+    assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+    let records = |t: &Path| -> (u64, String) {
+        let o = run(&["parse", t.to_str().unwrap(), "--stats", "--format", "json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let st = if v.get("stats").is_some() {
+            &v["stats"]
+        } else {
+            &v
+        };
+        (st["records"].as_u64().unwrap(), stderr(&o))
+    };
+    // Cut inside the last chunk.
+    let last = chunks.last().unwrap();
+    let t = copy_bundle(&dir, d.path(), "cut");
+    let cut = last.at as usize + pack::CHUNK_HEADER + last.header.payload_len as usize / 2;
+    std::fs::write(t.join("trace.bin"), &b[..cut]).unwrap();
+    let (n, err) = records(&t);
+    assert_eq!(n, total - u64::from(last.header.n));
+    assert!(err.contains("cut by the end of the file"), "{err}");
+    // A changed byte in the first chunk's payload.
+    let first = chunks[0];
+    let t = copy_bundle(&dir, d.path(), "flip");
+    let mut bad = b.clone();
+    bad[first.at as usize + pack::CHUNK_HEADER + 5] ^= 0x40;
+    std::fs::write(t.join("trace.bin"), &bad).unwrap();
+    let (n, err) = records(&t);
+    assert_eq!(n, total - u64::from(first.header.n));
+    assert!(err.contains("fails its hash"), "{err}");
+    // --validate names the lost records as incomplete slots.
+    validate_fails(&t, "complete");
+}
+
 #[test]
 fn parse_bad_traces_give_one_clear_line() {
-    let (d, dir) = plain_trace("parsebad", "2");
+    let (d, dir) = plain_trace_as("parsebad", "2", "raw");
     let copy = |name: &str| copy_bundle(&dir, d.path(), name);
     // Empty trace file.
     let t = copy("empty");
@@ -886,11 +969,11 @@ fn parse_bad_traces_give_one_clear_line() {
     // Another format version.
     let t = copy("version");
     let mut b = std::fs::read(t.join("trace.bin")).unwrap();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
     std::fs::write(t.join("trace.bin"), b).unwrap();
     assert_one_line_error(
         &run(&["parse", t.to_str().unwrap(), "--stats"]),
-        &["version 2"],
+        &["version 3"],
     );
     // Missing registry.
     let t = copy("noreg");
@@ -1096,10 +1179,7 @@ fn check_finished_bundle(root: &Path, dir: &Path) -> serde_json::Value {
     let trace = dir.join("trace.bin");
     let (h, _) = read_trace(dir);
     assert_eq!((h.finished, h.dropped), (1, 0));
-    assert_eq!(
-        std::fs::metadata(&trace).unwrap().len(),
-        HEADER_SIZE as u64 + h.records * RECORD_SIZE as u64
-    );
+    assert_eq!(std::fs::metadata(&trace).unwrap().len(), finished_len(&h));
     let v = run(&["parse", dir.to_str().unwrap(), "--validate"]);
     let text = stdout(&v);
     assert!(v.status.success() && !text.contains("partial"), "{text}");

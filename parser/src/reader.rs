@@ -60,6 +60,9 @@ pub struct Trace {
     /// Slots readable: min(header.records, whole slots in the file).
     slots: usize,
     file_len: u64,
+    /// `map` is anonymous memory holding a version 2 file's records
+    /// unpacked, not the file.
+    unpacked: bool,
     warnings: Vec<String>,
 }
 
@@ -149,6 +152,10 @@ impl Trace {
         })?;
 
         let mut warnings = Vec::new();
+        if header.is_packed() {
+            let (map, slots) = unpack(&bin, &map, &header, &mut warnings)?;
+            return finish_open(dir, bin, map, header, slots, file_len, true, warnings);
+        }
         let body = file_len - HEADER_SIZE as u64;
         let whole = body / RECORD_SIZE as u64;
         let tail = body % RECORD_SIZE as u64;
@@ -168,91 +175,160 @@ impl Trace {
         // `whole` is bounded by the file size, so this fits in usize on any
         // machine that could map the file.
         let slots = usize::try_from(header.records.min(whole)).unwrap_or(usize::MAX);
-        if header.dropped != 0 {
-            warnings.push(format!(
-                "{}: the writer dropped {} records (trace capacity {} exhausted)",
-                bin.display(),
-                header.dropped,
-                header.capacity
-            ));
-        }
-        if header.finished == 0 {
-            warnings.push(format!(
+        finish_open(dir, bin, map, header, slots, file_len, false, warnings)
+    }
+}
+
+/// Slots past the last chunk a packed trace may reserve before a reader
+/// stops believing its header (16 M: 2 GiB of zero pages, never touched).
+const MAX_UNWRITTEN_TAIL: u64 = 1 << 24;
+
+/// Unpack a version 2 file (`file`, all of it) into an image laid out as
+/// version 1 (the header's bytes, then 128-byte slots), so that every
+/// reader sees slots whatever the version. Damaged chunks become warnings
+/// and empty slots.
+fn unpack(
+    bin: &Path,
+    file: &[u8],
+    header: &TraceHeader,
+    warnings: &mut Vec<String>,
+) -> Result<(Mmap, usize), ParseError> {
+    use cktrace_tracer::pack;
+    let scan = pack::scan(file);
+    let mut slots = header.records;
+    let bound = scan.end_slot.saturating_add(MAX_UNWRITTEN_TAIL);
+    if slots > bound {
+        warnings.push(format!(
+            "{}: header reserves {slots} slots but its chunks end at slot {}; reading {bound}",
+            bin.display(),
+            scan.end_slot
+        ));
+        slots = bound;
+    }
+    let bytes = usize::try_from(slots)
+        .ok()
+        .and_then(|s| s.checked_mul(RECORD_SIZE))
+        .and_then(|b| b.checked_add(HEADER_SIZE));
+    let mut image = bytes
+        .ok_or_else(|| io::Error::other(format!("{slots} slots do not fit in memory")))
+        .and_then(|len| MmapOptions::new().len(len).map_anon())
+        .map_err(|e| ParseError::Io {
+            path: bin.to_path_buf(),
+            what: "cannot allocate memory to unpack the records",
+            err: e,
+        })?;
+    image[..HEADER_SIZE].copy_from_slice(&file[..HEADER_SIZE]);
+    let (_, problems) = pack::unpack_into(file, &scan.chunks, &mut image[HEADER_SIZE..]);
+    for p in scan.problems.iter().chain(&problems) {
+        warnings.push(format!("{}: {p}", bin.display()));
+    }
+    let map = image.make_read_only().map_err(|e| ParseError::Io {
+        path: bin.to_path_buf(),
+        what: "cannot protect the unpacked records",
+        err: e,
+    })?;
+    Ok((map, slots as usize))
+}
+
+/// The checks and files common to both versions.
+#[allow(clippy::too_many_arguments)]
+fn finish_open(
+    dir: PathBuf,
+    bin: PathBuf,
+    map: Mmap,
+    header: TraceHeader,
+    slots: usize,
+    file_len: u64,
+    unpacked: bool,
+    mut warnings: Vec<String>,
+) -> Result<Trace, ParseError> {
+    if header.dropped != 0 {
+        warnings.push(format!(
+            "{}: the writer dropped {} records (trace capacity {} exhausted)",
+            bin.display(),
+            header.dropped,
+            header.capacity
+        ));
+    }
+    if header.finished == 0 {
+        warnings.push(format!(
                 "{}: the trace was not closed cleanly (writer killed or still running); unfinished slots are skipped",
                 bin.display()
             ));
-        }
+    }
 
-        let reg_path = dir.join(REGISTRY_FILE);
-        let registry: Registry = match std::fs::read(&reg_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ParseError::Json {
-                path: reg_path.clone(),
+    let reg_path = dir.join(REGISTRY_FILE);
+    let registry: Registry = match std::fs::read(&reg_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ParseError::Json {
+            path: reg_path.clone(),
+            err: e,
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ParseError::MissingRegistry { path: reg_path });
+        }
+        Err(e) => {
+            return Err(ParseError::Io {
+                path: reg_path,
+                what: "cannot read",
                 err: e,
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ParseError::MissingRegistry { path: reg_path });
-            }
-            Err(e) => {
-                return Err(ParseError::Io {
-                    path: reg_path,
-                    what: "cannot read",
-                    err: e,
-                })
-            }
-        };
-        let misplaced = registry
-            .tensors
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| t.id as usize != *i)
-            .count();
-        if misplaced != 0 {
-            warnings.push(format!(
+            })
+        }
+    };
+    let misplaced = registry
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| t.id as usize != *i)
+        .count();
+    if misplaced != 0 {
+        warnings.push(format!(
                 "{}: {misplaced} tensors have an id different from their index; records naming them do not resolve",
                 reg_path.display()
             ));
-        }
-
-        let meta_path = dir.join(META_FILE);
-        let meta = match std::fs::read(&meta_path) {
-            Ok(bytes) => match serde_json::from_slice::<Meta>(&bytes) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    warnings.push(format!(
-                        "{}: invalid JSON, ignored: {e}",
-                        meta_path.display()
-                    ));
-                    None
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                warnings.push(format!(
-                    "{}: missing; run facts (model, prompt) unavailable",
-                    meta_path.display()
-                ));
-                None
-            }
-            Err(e) => {
-                warnings.push(format!(
-                    "{}: cannot read, ignored: {e}",
-                    meta_path.display()
-                ));
-                None
-            }
-        };
-
-        Ok(Trace {
-            dir,
-            map,
-            header,
-            registry,
-            meta,
-            slots,
-            file_len,
-            warnings,
-        })
     }
 
+    let meta_path = dir.join(META_FILE);
+    let meta = match std::fs::read(&meta_path) {
+        Ok(bytes) => match serde_json::from_slice::<Meta>(&bytes) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warnings.push(format!(
+                    "{}: invalid JSON, ignored: {e}",
+                    meta_path.display()
+                ));
+                None
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            warnings.push(format!(
+                "{}: missing; run facts (model, prompt) unavailable",
+                meta_path.display()
+            ));
+            None
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "{}: cannot read, ignored: {e}",
+                meta_path.display()
+            ));
+            None
+        }
+    };
+
+    Ok(Trace {
+        dir,
+        map,
+        header,
+        registry,
+        meta,
+        slots,
+        file_len,
+        unpacked,
+        warnings,
+    })
+}
+
+impl Trace {
     /// For a trace that was not finished (its writer was killed, or is still
     /// running): the first slot of its unfinished step. Slots below it hold
     /// exactly the records of the steps the header marks done; slots from it
@@ -306,9 +382,18 @@ impl Trace {
         self.file_len
     }
 
-    /// Slots in the file after the header, whether reserved or not.
+    /// Slots in the file after the header, whether reserved or not (for a
+    /// packed trace, the slots unpacked).
     pub fn file_slots(&self) -> u64 {
+        if self.unpacked {
+            return self.slots as u64;
+        }
         (self.file_len - HEADER_SIZE as u64) / RECORD_SIZE as u64
+    }
+
+    /// Whether `trace.bin` is version 2 (packed records, unpacked on open).
+    pub fn is_packed(&self) -> bool {
+        self.unpacked
     }
 
     /// Bytes of the readable slots (what a full scan touches).
@@ -354,6 +439,10 @@ impl Trace {
     /// maps the pages back in.
     pub fn release(&self, range: Range<usize>) {
         const PAGE: usize = 4096;
+        if self.unpacked {
+            // Anonymous memory: dropping its pages would lose the records.
+            return;
+        }
         let end = range.end.min(self.slots);
         let start = range.start.min(end);
         let a = (HEADER_SIZE + start * RECORD_SIZE).div_ceil(PAGE) * PAGE;
@@ -514,14 +603,14 @@ mod tests {
     }
 
     #[test]
-    fn version_2_is_refused() {
+    fn a_later_version_is_refused() {
         let b = Bundle::small();
         let mut h = crate::synth::header_for(b.recs.len() as u64, 2);
         h.version = FORMAT_VERSION + 1;
         crate::synth::write_bundle(b.path(), &h, &b.reg, None, &b.recs).unwrap();
         let e = err(b.path());
         assert!(
-            e.contains("trace.bin: trace format version 2 is not supported"),
+            e.contains("trace.bin: trace format version 3 is not supported"),
             "{e}"
         );
     }

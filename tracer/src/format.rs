@@ -13,8 +13,14 @@
 
 /// `trace.bin` starts with these 8 bytes.
 pub const MAGIC: [u8; 8] = *b"CKTRACE\0";
-/// Bumped on every incompatible change of header or record layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on every incompatible change of header or record layout: the
+/// newest version, the one cktrace writes by default.
+pub const FORMAT_VERSION: u32 = VERSION_PACKED;
+/// Version 1: fixed 128-byte slots after the header (`--trace-format raw`).
+pub const VERSION_RAW: u32 = 1;
+/// Version 2: records packed in chunks (see [`crate::pack`]); the header
+/// is version 1's plus `data_end`.
+pub const VERSION_PACKED: u32 = 2;
 /// Bytes before the first record.
 pub const HEADER_SIZE: usize = 256;
 /// Bytes per record.
@@ -39,7 +45,7 @@ pub const CLOCK_MONOTONIC_REL: u32 = 1;
 pub struct TraceHeader {
     /// 0: [`MAGIC`].
     pub magic: [u8; 8],
-    /// 8: [`FORMAT_VERSION`].
+    /// 8: [`VERSION_RAW`] or [`VERSION_PACKED`].
     pub version: u32,
     /// 12: [`HEADER_SIZE`].
     pub header_size: u32,
@@ -47,7 +53,8 @@ pub struct TraceHeader {
     pub record_size: u32,
     /// 20: [`CLOCK_MONOTONIC_REL`].
     pub clock: u32,
-    /// 24: slots in the file after the header.
+    /// 24: slots the trace can hold (version 1: slots in the file after
+    /// the header).
     pub capacity: u64,
     /// 32: slots reserved by writers (the cursor); never above `capacity`.
     pub records: u64,
@@ -81,8 +88,12 @@ pub struct TraceHeader {
     /// its last page with them. `records == complete + padding` once a
     /// trace is finished without drops.
     pub padding: u64,
-    /// 112..256: zero.
-    pub reserved: [u8; 144],
+    /// 112: version 2: bytes of the file reserved for chunks so far (the
+    /// writers' byte cursor, from [`crate::pack::DATA_START`]); zero in
+    /// version 1.
+    pub data_end: u64,
+    /// 120..256: zero.
+    pub reserved: [u8; 136],
 }
 
 const _: () = assert!(std::mem::size_of::<TraceHeader>() == HEADER_SIZE);
@@ -256,7 +267,7 @@ impl TraceHeader {
     ) -> Self {
         TraceHeader {
             magic: MAGIC,
-            version: FORMAT_VERSION,
+            version: VERSION_RAW,
             header_size: HEADER_SIZE as u32,
             record_size: RECORD_SIZE as u32,
             clock: CLOCK_MONOTONIC_REL,
@@ -274,7 +285,8 @@ impl TraceHeader {
             pad: 0,
             steps_done_slots: 0,
             padding: 0,
-            reserved: [0; 144],
+            data_end: 0,
+            reserved: [0; 136],
         }
     }
 
@@ -300,7 +312,8 @@ impl TraceHeader {
         b[92..96].copy_from_slice(&self.pad.to_le_bytes());
         b[96..104].copy_from_slice(&self.steps_done_slots.to_le_bytes());
         b[104..112].copy_from_slice(&self.padding.to_le_bytes());
-        b[112..256].copy_from_slice(&self.reserved);
+        b[112..120].copy_from_slice(&self.data_end.to_le_bytes());
+        b[120..256].copy_from_slice(&self.reserved);
         b
     }
 
@@ -310,8 +323,8 @@ impl TraceHeader {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let mut magic = [0u8; 8];
         magic.copy_from_slice(&b[0..8]);
-        let mut reserved = [0u8; 144];
-        reserved.copy_from_slice(&b[112..256]);
+        let mut reserved = [0u8; 136];
+        reserved.copy_from_slice(&b[120..256]);
         TraceHeader {
             magic,
             version: u32_at(8),
@@ -332,8 +345,15 @@ impl TraceHeader {
             pad: u32_at(92),
             steps_done_slots: u64_at(96),
             padding: u64_at(104),
+            data_end: u64_at(112),
             reserved,
         }
+    }
+
+    /// Whether records are packed in chunks (version 2) rather than stored
+    /// in fixed slots (version 1).
+    pub fn is_packed(&self) -> bool {
+        self.version == VERSION_PACKED
     }
 
     /// Check magic, version and sizes; the error says what is wrong.
@@ -344,10 +364,16 @@ impl TraceHeader {
                 self.magic, MAGIC
             ));
         }
-        if self.version != FORMAT_VERSION {
+        if self.version != VERSION_RAW && self.version != VERSION_PACKED {
             return Err(format!(
-                "trace format version {} is not supported (this build reads version {})",
-                self.version, FORMAT_VERSION
+                "trace format version {} is not supported (this build reads versions {VERSION_RAW} and {VERSION_PACKED})",
+                self.version
+            ));
+        }
+        if self.is_packed() && (self.padding != 0 || self.data_end < crate::pack::DATA_START) {
+            return Err(format!(
+                "corrupt header: a version 2 trace with padding {} and data_end {}",
+                self.padding, self.data_end
             ));
         }
         if self.header_size as usize != HEADER_SIZE || self.record_size as usize != RECORD_SIZE {
@@ -552,6 +578,16 @@ mod tests {
         );
         h.padding = 11;
         assert!(h.check().unwrap_err().contains("padding 11"));
+        // Version 2: data_end has its own bytes and starts past the header
+        // page; padding is never used.
+        let mut p = back;
+        p.version = VERSION_PACKED;
+        assert!(p.check().unwrap_err().contains("data_end 0"));
+        p.data_end = 8192;
+        let b = TraceHeader::from_bytes(&p.to_bytes());
+        assert_eq!((b.data_end, b.check()), (8192, Ok(())));
+        p.padding = 1;
+        assert!(p.check().is_err());
     }
 
     #[test]

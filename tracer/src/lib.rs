@@ -4,6 +4,7 @@
 //! their kernel events into [`TraceRecord`]s and call [`sink::record`].
 
 pub mod format;
+pub mod pack;
 pub mod registry;
 pub mod sink;
 

@@ -54,7 +54,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use memmap2::MmapMut;
 
-use crate::format::{flags, Engine, TraceHeader, TraceRecord, HEADER_SIZE, RECORD_SIZE};
+use crate::format::{
+    flags, Engine, TraceHeader, TraceRecord, HEADER_SIZE, RECORD_SIZE, VERSION_PACKED,
+};
+use crate::pack;
 
 /// Records a thread buffers before it hands them to the file.
 pub const LOCAL_CAPACITY: usize = 16384;
@@ -78,6 +81,17 @@ const OFF_FINISHED: usize = 72;
 const OFF_STEPS_DONE: usize = 88;
 const OFF_STEPS_DONE_SLOTS: usize = 96;
 const OFF_PADDING: usize = 104;
+const OFF_DATA_END: usize = 112;
+
+/// Whether new sinks pack their records (format version 2, the default)
+/// or write fixed 128-byte slots (version 1).
+static PACKED: AtomicBool = AtomicBool::new(true);
+
+/// Make new sinks write packed records (version 2) or fixed slots
+/// (version 1, `--trace-format raw`).
+pub fn set_packed(on: bool) {
+    PACKED.store(on, Ordering::Relaxed);
+}
 
 /// Bytes of the file that are mapped: the header's page. Records go in by
 /// positioned writes, so the mapping never reaches a page the file may
@@ -119,7 +133,7 @@ fn page_start_at_or_after(slot: u64) -> u64 {
 /// extents, which read as zeros) it only copies into the page cache.
 /// Measured here on ext4: 29 ns per 128-byte record into a hole, 19 ns
 /// into allocated blocks, and 0.2 ns per record for the `fallocate` itself.
-const PREALLOC_SLOTS: u64 = (32 << 20) / RECORD_SIZE as u64;
+const PREALLOC_BYTES: u64 = 32 << 20;
 
 /// Counts reported at the end of a trace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,6 +154,12 @@ struct Block {
 }
 
 const BLOCK_BYTES: usize = BLOCK_SLOTS * RECORD_SIZE;
+
+/// Packed bytes a block holds before it is handed over: room is left for
+/// the chunk header, one more record in the worst case and the zeros up to
+/// the alignment.
+const PACKED_CAP: usize =
+    BLOCK_BYTES - pack::CHUNK_HEADER - pack::CHUNK_ALIGN - pack::MAX_PACKED - pack::PACK_SLACK;
 
 fn block_layout() -> std::alloc::Layout {
     // BLOCK_ALIGN is a power of two and BLOCK_BYTES far below isize::MAX.
@@ -175,6 +195,41 @@ impl Block {
         // SAFETY: slot i is inside the block (checked), 128-byte aligned
         // (the block is 2 MiB aligned), and `&mut self` is the only access.
         unsafe { stream_record(self.ptr.as_ptr().add(i * RECORD_SIZE), r) }
+    }
+
+    /// Pack `r` against `prev` at byte `at` of the block's chunk payload
+    /// (which starts after the chunk header's room); returns its bytes.
+    /// The caller keeps `at` at most [`PACKED_CAP`].
+    #[inline(always)]
+    fn pack(&mut self, at: usize, r: &TraceRecord, prev: &mut pack::Prev) -> usize {
+        let start = (pack::CHUNK_HEADER + at).min(BLOCK_BYTES);
+        pack::pack_one(r.as_bytes(), prev, &mut self.bytes_mut()[start..])
+    }
+
+    /// All of the block, writable.
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the block is BLOCK_BYTES of initialised memory (zeroed at
+        // allocation, then only ever overwritten), and `&mut self` is the
+        // only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), BLOCK_BYTES) }
+    }
+
+    /// Make the block's first `payload` packed bytes of `n` records (the
+    /// first at `slot`) a chunk: write its header and zero it up to the
+    /// alignment. Returns the chunk's length.
+    fn seal(&mut self, slot: u64, n: u64, payload: usize) -> usize {
+        let b = self.bytes_mut();
+        let end = pack::CHUNK_HEADER + payload;
+        let h = pack::ChunkHeader {
+            payload_len: payload as u32,
+            slot,
+            n: n as u32,
+            payload_hash: pack::hash(&b[pack::CHUNK_HEADER..end]),
+        };
+        b[..pack::CHUNK_HEADER].copy_from_slice(&h.to_bytes());
+        let span = h.span() as usize;
+        b[end..span].fill(0);
+        span
     }
 
     /// The bytes of slots `0..n` (at most the whole block).
@@ -274,12 +329,14 @@ const PAD_RECORD: TraceRecord = TraceRecord {
 /// Work for the writer thread, done in order.
 enum Job {
     /// Write slots `slot..slot + slots` from `block`; the first `n` are
-    /// records, the rest padding.
+    /// records, the rest padding. Packed: `payload` bytes of `n` packed
+    /// records (`slots == n`), written as one chunk.
     Write {
         block: Block,
         slot: u64,
         n: u64,
         slots: u64,
+        payload: Option<usize>,
     },
     /// Every write queued before this one is done: mark steps `0..steps`
     /// complete, their records being the slots below `slots`.
@@ -353,7 +410,9 @@ struct Core {
     start_mono_ns: u64,
     /// Set by [`TraceSink::finish`]: later writes are counted as dropped.
     closed: AtomicBool,
-    /// Slots `0..allocated` have disk blocks (see [`PREALLOC_SLOTS`]);
+    /// Records are packed in chunks (format version 2).
+    packed: bool,
+    /// File bytes `0..allocated` have disk blocks (see [`PREALLOC_BYTES`]);
     /// `extending` is held by the one writer extending it; `prealloc` is
     /// cleared if the file system refuses.
     allocated: AtomicU64,
@@ -426,16 +485,25 @@ impl TraceSink {
         engine: Engine,
         n_threads: u32,
     ) -> io::Result<Arc<TraceSink>> {
-        Self::create_with(path, capacity, engine, n_threads, want_direct())
+        Self::create_with(
+            path,
+            capacity,
+            engine,
+            n_threads,
+            want_direct(),
+            PACKED.load(Ordering::Relaxed),
+        )
     }
 
-    /// [`TraceSink::create`], saying whether to try direct writes.
+    /// [`TraceSink::create`], saying whether to try direct writes and
+    /// whether to pack the records (format version 2) or not (version 1).
     pub fn create_with(
         path: &Path,
         capacity: u64,
         engine: Engine,
         n_threads: u32,
         try_direct: bool,
+        packed: bool,
     ) -> io::Result<Arc<TraceSink>> {
         let len = capacity
             .checked_mul(RECORD_SIZE as u64)
@@ -447,6 +515,9 @@ impl TraceSink {
                     format!("a trace of {capacity} records does not fit in a file"),
                 )
             })?;
+        // A packed file grows with its chunks; a raw one is sized (sparse)
+        // to its capacity.
+        let len = if packed { pack::DATA_START } else { len };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -465,7 +536,11 @@ impl TraceSink {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let h = TraceHeader::new(capacity, engine, n_threads, start_unix_ns, start_mono_ns);
+        let mut h = TraceHeader::new(capacity, engine, n_threads, start_unix_ns, start_mono_ns);
+        if packed {
+            h.version = VERSION_PACKED;
+            h.data_end = pack::DATA_START;
+        }
         map[..HEADER_SIZE].copy_from_slice(&h.to_bytes());
         let direct = if try_direct {
             use std::os::unix::fs::OpenOptionsExt;
@@ -488,14 +563,19 @@ impl TraceSink {
             emitted: AtomicU64::new(0),
             start_mono_ns,
             closed: AtomicBool::new(false),
-            allocated: AtomicU64::new(0),
+            packed,
+            allocated: AtomicU64::new(if packed {
+                pack::DATA_START
+            } else {
+                HEADER_SIZE as u64
+            }),
             extending: AtomicBool::new(false),
             prealloc: AtomicBool::new(true),
             queue,
             #[cfg(test)]
             fail_next_write: AtomicBool::new(false),
         });
-        core.allocate_ahead(0);
+        core.allocate_ahead(len.min(HEADER_SIZE as u64));
         prepare_blocks(n_threads as usize + 2);
         let writer = if core.queue.is_some() {
             let c = core.clone();
@@ -536,13 +616,22 @@ impl TraceSink {
     /// nothing else.
     pub fn write(&self, recs: &[TraceRecord]) -> usize {
         let mut written = 0;
+        let packed = self.core.packed;
         for chunk in recs.chunks(LOCAL_CAPACITY) {
             let mut b = take_block();
+            let mut bytes = 0;
+            let mut prev = pack::Prev::default();
             for (i, r) in chunk.iter().enumerate() {
-                b.put(i, r);
+                if packed {
+                    // LOCAL_CAPACITY records fit in a block packed too.
+                    bytes += b.pack(bytes, r, &mut prev);
+                } else {
+                    b.put(i, r);
+                }
             }
             store_fence();
-            let (n, b) = self.core.hand_over(b, chunk.len(), false);
+            let payload = packed.then_some(bytes);
+            let (n, b) = self.core.hand_over(b, chunk.len(), payload, false);
             written += n;
             if let Some(b) = b {
                 give_block(b);
@@ -597,8 +686,11 @@ impl TraceSink {
         c.counter(OFF_CAPACITY).store(slots, Ordering::Release);
         c.counter32(OFF_FINISHED).store(1, Ordering::Release);
         c.map.flush()?;
-        c.file
-            .set_len(HEADER_SIZE as u64 + slots * RECORD_SIZE as u64)?;
+        c.file.set_len(if c.packed {
+            c.counter(OFF_DATA_END).load(Ordering::Acquire)
+        } else {
+            HEADER_SIZE as u64 + slots * RECORD_SIZE as u64
+        })?;
         c.file.sync_all()?;
         let stats = c.stats();
         *done = Some(stats);
@@ -628,33 +720,40 @@ impl Drop for TraceSink {
 }
 
 impl Core {
-    /// Keep disk blocks allocated at least half a window past slot `end`
-    /// (one writer extends at a time; the others go on without waiting).
-    /// A file system that cannot (no `fallocate`, or no space to reserve)
-    /// is left sparse: writes then allocate as they go, as before.
+    /// Keep disk blocks allocated at least half a window past file byte
+    /// `end` (one writer extends at a time; the others go on without
+    /// waiting). A file system that cannot (no `fallocate`, or no space to
+    /// reserve) is left sparse: writes then allocate as they go, as before.
+    /// A raw file is allocated within its size; a packed one past its end,
+    /// keeping the size, so that the file's length is what was written.
     fn allocate_ahead(&self, end: u64) {
         if !self.prealloc.load(Ordering::Relaxed)
-            || end + PREALLOC_SLOTS / 2 <= self.allocated.load(Ordering::Acquire)
+            || end + PREALLOC_BYTES / 2 <= self.allocated.load(Ordering::Acquire)
             || self.extending.swap(true, Ordering::Acquire)
         {
             return;
         }
         let have = self.allocated.load(Ordering::Acquire);
-        let to = (end + PREALLOC_SLOTS)
-            .max(have + PREALLOC_SLOTS)
-            .min(self.capacity);
+        let mut to = (end + PREALLOC_BYTES).max(have + PREALLOC_BYTES);
+        if !self.packed {
+            to = to.min(HEADER_SIZE as u64 + self.capacity * RECORD_SIZE as u64);
+        }
         if to > have {
             use std::os::fd::AsRawFd;
-            let off = HEADER_SIZE as u64 + have * RECORD_SIZE as u64;
-            let len = (to - have) * RECORD_SIZE as u64;
-            // SAFETY: fallocate on our own open descriptor, within the
-            // file's size (mode 0 allocates blocks, data reads as zeros).
+            let mode = if self.packed {
+                libc::FALLOC_FL_KEEP_SIZE
+            } else {
+                0
+            };
+            // SAFETY: fallocate on our own open descriptor (mode 0 within
+            // the file's size, KEEP_SIZE past it: blocks are allocated,
+            // the data reads as zeros, the size is unchanged).
             let r = unsafe {
                 libc::fallocate(
                     self.file.as_raw_fd(),
-                    0,
-                    off as libc::off_t,
-                    len as libc::off_t,
+                    mode,
+                    have as libc::off_t,
+                    (to - have) as libc::off_t,
                 )
             };
             if r == 0 {
@@ -705,13 +804,22 @@ impl Core {
     /// fenced): reserve slots and write them, or queue them for the writer
     /// thread when `queue` allows. Returns the records written (or queued)
     /// and the block, unless the queue took it.
-    fn hand_over(&self, mut block: Block, n: usize, queue: bool) -> (usize, Option<Block>) {
+    /// `payload` is the packed bytes when the block holds packed records.
+    fn hand_over(
+        &self,
+        mut block: Block,
+        n: usize,
+        mut payload: Option<usize>,
+        queue: bool,
+    ) -> (usize, Option<Block>) {
         if n == 0 {
             return (0, Some(block));
         }
         let n = n.min(LOCAL_CAPACITY) as u64;
         self.emitted.fetch_add(n, Ordering::Relaxed);
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || payload.is_some() != self.packed {
+            // (Records packed for another kind of sink cannot happen: the
+            // buffers are flushed before a sink is replaced.)
             self.count_dropped(n);
             return (0, Some(block));
         }
@@ -723,8 +831,9 @@ impl Core {
             if take == 0 {
                 break (0, cur);
             }
-            // Direct writes end on a page boundary (or at the capacity).
-            let end = if direct {
+            // Direct raw writes end on a page boundary (or at the capacity);
+            // packed chunks are aligned in the file instead.
+            let end = if direct && !self.packed {
                 page_start_at_or_after(cur + take).min(self.capacity)
             } else {
                 cur + take
@@ -738,11 +847,19 @@ impl Core {
         if take == 0 {
             return (0, Some(block));
         }
+        if let Some(p) = payload.as_mut() {
+            // Only the first `take` records fit: cut the packed stream.
+            let b = block.bytes_mut();
+            let bytes = &b[pack::CHUNK_HEADER..pack::CHUNK_HEADER + *p];
+            *p = pack::skip(bytes, take as usize).unwrap_or(*p);
+        }
         for i in take..end - cur {
             block.put(i as usize, &PAD_RECORD);
         }
         store_fence();
-        self.allocate_ahead(end);
+        if !self.packed {
+            self.allocate_ahead(HEADER_SIZE as u64 + end * RECORD_SIZE as u64);
+        }
         let slots = end - cur;
         if queue {
             if let Some(q) = &self.queue {
@@ -751,6 +868,7 @@ impl Core {
                     slot: cur,
                     n: take,
                     slots,
+                    payload,
                 };
                 let r = timed_handover(take, || q.push(job));
                 return match r {
@@ -764,7 +882,9 @@ impl Core {
                 };
             }
         }
-        let ok = timed_handover(take, || self.write_job(&block, cur, take, slots));
+        let ok = timed_handover(take, || {
+            self.write_job(&mut block, cur, take, slots, payload)
+        });
         (if ok { take as usize } else { 0 }, Some(block))
     }
 
@@ -773,7 +893,17 @@ impl Core {
     /// the file system allows it; the rest (the header's page, a page cut
     /// by the capacity) through the page cache. A failed write counts its
     /// records as dropped and leaves its slots without VALID.
-    fn write_job(&self, block: &Block, slot: u64, n: u64, slots: u64) -> bool {
+    fn write_job(
+        &self,
+        block: &mut Block,
+        slot: u64,
+        n: u64,
+        slots: u64,
+        payload: Option<usize>,
+    ) -> bool {
+        if let Some(p) = payload {
+            return self.write_packed(&mut [(block, slot, n, p)]);
+        }
         let bytes = block.bytes(slots as usize);
         let off = HEADER_SIZE as u64 + slot * RECORD_SIZE as u64;
         let res = self.write_at(bytes, off);
@@ -851,8 +981,10 @@ impl Core {
                         Some(Job::Write { slot, slots, .. }) => slot + slots,
                         _ => break,
                     };
+                    // Packed chunks follow each other in the file whatever
+                    // their slots.
                     match s.jobs.front() {
-                        Some(Job::Write { slot, .. }) if *slot == end => {}
+                        Some(Job::Write { slot, .. }) if *slot == end || self.packed => {}
                         _ => break,
                     }
                     if let Some(j) = s.jobs.pop_front() {
@@ -862,23 +994,24 @@ impl Core {
             }
             let t = if profiling() { thread_cpu_ns() } else { 0 };
             let mut recs = 0;
-            if run.len() > 1 && self.write_run(&run) {
+            if run.len() > 1 && self.write_run(&mut run) {
                 for j in &run {
                     if let Job::Write { n, .. } = j {
                         recs += n;
                     }
                 }
             } else {
-                for j in &run {
+                for j in &mut run {
                     match j {
                         Job::Write {
                             block,
                             slot,
                             n,
                             slots,
+                            payload,
                         } => {
-                            self.write_job(block, *slot, *n, *slots);
-                            recs += n;
+                            self.write_job(block, *slot, *n, *slots, *payload);
+                            recs += *n;
                         }
                         Job::Steps { steps, slots } => self.set_steps_done(*steps, *slots),
                     }
@@ -902,7 +1035,24 @@ impl Core {
     /// file) with one direct `pwritev`, and publish them. False, having
     /// written nothing, if they cannot go that way (then each is written by
     /// itself).
-    fn write_run(&self, run: &[Job]) -> bool {
+    fn write_run(&self, run: &mut [Job]) -> bool {
+        if self.packed {
+            let mut jobs: Vec<(&mut Block, u64, u64, usize)> = Vec::with_capacity(run.len());
+            for j in run.iter_mut() {
+                match j {
+                    Job::Write {
+                        block,
+                        slot,
+                        n,
+                        payload: Some(p),
+                        ..
+                    } => jobs.push((block, *slot, *n, *p)),
+                    _ => return false,
+                }
+            }
+            self.write_packed(&mut jobs);
+            return true;
+        }
         let Some(d) = self
             .direct
             .as_ref()
@@ -913,12 +1063,13 @@ impl Core {
         let mut iov = Vec::with_capacity(run.len());
         let mut first = None;
         let (mut n_recs, mut n_pad) = (0, 0);
-        for j in run {
+        for j in run.iter() {
             let Job::Write {
                 block,
                 slot,
                 n,
                 slots,
+                ..
             } = j
             else {
                 return false;
@@ -945,21 +1096,11 @@ impl Core {
         }
         // Write all of it, resuming after a short write.
         let (mut i, mut skip) = (0usize, 0usize);
-        use std::os::fd::AsRawFd;
         while i < iov.len() {
             let mut part: Vec<libc::iovec> = iov[i..].to_vec();
             part[0].iov_base = (part[0].iov_base as usize + skip) as *mut libc::c_void;
             part[0].iov_len -= skip;
-            // SAFETY: every iovec points into a block borrowed for this
-            // call (its bytes are initialised); the fd is our own.
-            let r = unsafe {
-                libc::pwritev(
-                    d.as_raw_fd(),
-                    part.as_ptr(),
-                    part.len().min(libc::c_int::MAX as usize) as libc::c_int,
-                    off as libc::off_t,
-                )
-            };
+            let r = pwritev(d, &part, off);
             if r <= 0 {
                 if i == 0 && skip == 0 {
                     // Nothing written: each job goes by itself.
@@ -1002,6 +1143,82 @@ impl Core {
         true
     }
 
+    /// Write the packed records of `jobs` (a block, the slot of its first
+    /// record, its records, their packed bytes), each block sealed as one
+    /// chunk, back to back with one positioned write at bytes reserved on
+    /// the header's data cursor; then publish them. A failed write counts
+    /// its records as dropped (their slots stay empty) and leaves zeros or
+    /// damaged chunks, which readers skip.
+    fn write_packed(&self, jobs: &mut [(&mut Block, u64, u64, usize)]) -> bool {
+        let mut spans = Vec::with_capacity(jobs.len());
+        let mut recs = 0;
+        for (b, slot, n, p) in jobs.iter_mut() {
+            spans.push(b.seal(*slot, *n, *p));
+            recs += *n;
+        }
+        let len: usize = spans.iter().sum();
+        let off = self
+            .counter(OFF_DATA_END)
+            .fetch_add(len as u64, Ordering::AcqRel);
+        self.allocate_ahead(off + len as u64);
+        let parts: Vec<&[u8]> = jobs
+            .iter()
+            .zip(&spans)
+            .map(|((b, ..), &span)| &b.bytes(BLOCK_SLOTS)[..span])
+            .collect();
+        match self.write_parts(&parts, off) {
+            Ok(()) => {
+                self.publish(recs, 0);
+                true
+            }
+            Err(_) => {
+                self.count_dropped(recs);
+                false
+            }
+        }
+    }
+
+    /// Write `parts` (whole pages, page-aligned memory) one after another
+    /// at `off`: one direct `pwritev` where the file system allows it, else
+    /// part by part through the page cache.
+    fn write_parts(&self, parts: &[&[u8]], off: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_next_write.swap(false, Ordering::Relaxed) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        if let [one] = parts {
+            return self.write_at(one, off);
+        }
+        if let Some(d) = self
+            .direct
+            .as_ref()
+            .filter(|_| self.direct_ok.load(Ordering::Relaxed))
+        {
+            let iov: Vec<libc::iovec> = parts
+                .iter()
+                .map(|p| libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                })
+                .collect();
+            let total: usize = parts.iter().map(|p| p.len()).sum();
+            let r = pwritev(d, &iov, off);
+            if r >= 0 && r as usize == total {
+                return Ok(());
+            }
+            // Refused or short: the parts go through the page cache (a
+            // chunk rewritten whole is the same bytes).
+            self.direct_ok.store(false, Ordering::Relaxed);
+        }
+        let mut at = off;
+        for p in parts {
+            use std::os::unix::fs::FileExt;
+            self.file.write_all_at(p, at)?;
+            at += p.len() as u64;
+        }
+        Ok(())
+    }
+
     /// `recs` records and `pad` padding slots are in the file.
     fn publish(&self, recs: u64, pad: u64) {
         self.counter(OFF_COMPLETE)
@@ -1012,10 +1229,71 @@ impl Core {
     }
 }
 
-/// One thread's pending records: slots `0..len` of its block.
+/// One `pwritev` of `iov` at `off` (its result: bytes written, or < 0).
+/// Every iovec must point into memory borrowed for the call (the blocks of
+/// the jobs being written), which the callers' types guarantee.
+fn pwritev(f: &File, iov: &[libc::iovec], off: u64) -> isize {
+    use std::os::fd::AsRawFd;
+    // SAFETY: every iovec points into a block borrowed by the caller for
+    // this call (its bytes are initialised); the fd is our own.
+    unsafe {
+        libc::pwritev(
+            f.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len().min(libc::c_int::MAX as usize) as libc::c_int,
+            off as libc::off_t,
+        )
+    }
+}
+
+/// One thread's pending records: `len` records in its block, as slots
+/// `0..len` or, when `packed`, as `bytes` packed bytes after the room for
+/// the chunk header (`prev` is the last record packed).
 struct LocalBuf {
     block: Option<Block>,
     len: usize,
+    packed: bool,
+    bytes: usize,
+    prev: pack::Prev,
+}
+
+impl LocalBuf {
+    fn new() -> LocalBuf {
+        LocalBuf {
+            block: None,
+            len: 0,
+            packed: false,
+            bytes: 0,
+            prev: pack::Prev::default(),
+        }
+    }
+
+    /// Append `r` (complete, VALID); true when the block should be handed
+    /// over now.
+    #[inline(always)]
+    fn push(&mut self, r: &TraceRecord) -> bool {
+        let b = self.block.get_or_insert_with(take_block);
+        if self.len == 0 {
+            // A new chunk: packed as the active sink wants, against zeros.
+            self.packed = ACTIVE_PACKED.load(Ordering::Relaxed);
+            self.bytes = 0;
+            self.prev = pack::Prev::default();
+        }
+        if self.packed {
+            self.bytes += b.pack(self.bytes, r, &mut self.prev);
+            self.len += 1;
+            self.bytes > PACKED_CAP || self.len >= FLUSH_AT.load(Ordering::Relaxed)
+        } else {
+            b.put(self.len, r);
+            self.len += 1;
+            self.len >= FLUSH_AT.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The packed bytes, if the block holds packed records.
+    fn payload(&self) -> Option<usize> {
+        self.packed.then_some(self.bytes)
+    }
 }
 
 impl LocalBuf {
@@ -1025,13 +1303,14 @@ impl LocalBuf {
         if self.len == 0 {
             return;
         }
+        let payload = self.payload();
         let n = std::mem::take(&mut self.len);
         let Some(b) = self.block.take() else {
             return;
         };
         store_fence();
         self.block = match sink {
-            Some(s) => s.core.hand_over(b, n, true).1,
+            Some(s) => s.core.hand_over(b, n, payload, true).1,
             None => Some(b),
         };
     }
@@ -1040,6 +1319,8 @@ impl LocalBuf {
 /// The sink records currently go to (null when tracing is off). Holds one
 /// strong count of the Arc it was made from.
 static ACTIVE: AtomicPtr<TraceSink> = AtomicPtr::new(std::ptr::null_mut());
+/// Whether the active sink packs its records (see [`LocalBuf::push`]).
+static ACTIVE_PACKED: AtomicBool = AtomicBool::new(false);
 
 /// Where the tracer's time goes, measured in place (`cktrace bench trace`
 /// turns it on for one run): nanoseconds spent building records in a hook,
@@ -1151,6 +1432,7 @@ static READERS: AtomicUsize = AtomicUsize::new(0);
 
 /// Direct records to `sink`, replacing (and returning) any previous one.
 pub fn install(sink: Arc<TraceSink>) -> Option<Arc<TraceSink>> {
+    ACTIVE_PACKED.store(sink.core.packed, Ordering::Relaxed);
     let p = Arc::into_raw(sink) as *mut TraceSink;
     let old = ACTIVE.swap(p, Ordering::SeqCst);
     retire(old)
@@ -1234,9 +1516,7 @@ impl Writer<'_> {
         let mut r = *template;
         fill(&mut r);
         r.flags |= flags::VALID;
-        g.block.get_or_insert_with(take_block).put(g.len, &r);
-        g.len += 1;
-        if g.len >= FLUSH_AT.load(Ordering::Relaxed) {
+        if g.push(&r) {
             self.flush();
         }
     }
@@ -1348,10 +1628,7 @@ impl Drop for Local {
 /// A new thread buffer, registered so that [`flush_all`] reaches it.
 #[cold]
 fn new_local() -> Local {
-    let b = Arc::new(Mutex::new(LocalBuf {
-        block: None,
-        len: 0,
-    }));
+    let b = Arc::new(Mutex::new(LocalBuf::new()));
     BUFFERS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1431,12 +1708,38 @@ mod tests {
     /// Tests of the process-global install state take this lock.
     static GLOBAL: Mutex<()> = Mutex::new(());
 
-    /// Both ways of writing: through the page cache, and direct (where the
-    /// test's file system allows it; the test says which it got).
-    const MODES: [bool; 2] = [false, true];
+    /// How a test sink writes: through the page cache or direct (where the
+    /// test's file system allows it; the test says which it got), packed
+    /// (version 2) or in fixed slots (version 1).
+    #[derive(Clone, Copy, Debug)]
+    struct Mode {
+        direct: bool,
+        packed: bool,
+    }
 
-    fn create(p: &Path, cap: u64, threads: u32, direct: bool) -> Arc<TraceSink> {
-        let s = TraceSink::create_with(p, cap, Engine::Ggml, threads, direct).unwrap();
+    /// Every way of writing.
+    const MODES: [Mode; 4] = [
+        Mode {
+            direct: false,
+            packed: true,
+        },
+        Mode {
+            direct: true,
+            packed: true,
+        },
+        Mode {
+            direct: false,
+            packed: false,
+        },
+        Mode {
+            direct: true,
+            packed: false,
+        },
+    ];
+
+    fn create(p: &Path, cap: u64, threads: u32, m: Mode) -> Arc<TraceSink> {
+        let direct = m.direct;
+        let s = TraceSink::create_with(p, cap, Engine::Ggml, threads, direct, m.packed).unwrap();
         if direct && !s.is_direct() {
             eprintln!(
                 "note: no O_DIRECT on {}: both runs write through the page cache",
@@ -1454,8 +1757,20 @@ mod tests {
         Empty,
     }
 
+    /// The slots of a file, unpacked if it is packed (then as many as the
+    /// header reserves; damaged chunks fail the test).
     fn read_slots(path: &Path) -> Vec<Slot> {
-        let b = std::fs::read(path).unwrap();
+        let mut b = std::fs::read(path).unwrap();
+        let h = TraceHeader::from_bytes(b[..HEADER_SIZE].try_into().unwrap());
+        if h.is_packed() {
+            assert_eq!(h.data_end, b.len() as u64, "a packed file ends at data_end");
+            let scan = pack::scan(&b);
+            assert_eq!(scan.problems, Vec::<String>::new());
+            let mut img = vec![0u8; HEADER_SIZE + h.records as usize * RECORD_SIZE];
+            let (_, problems) = pack::unpack_into(&b, &scan.chunks, &mut img[HEADER_SIZE..]);
+            assert_eq!(problems, Vec::<String>::new());
+            b = img;
+        }
         b[HEADER_SIZE..]
             .chunks_exact(RECORD_SIZE)
             .map(|c| {
@@ -1489,7 +1804,7 @@ mod tests {
     /// The header's counts agree with the slots: records + padding fill the
     /// reserved slots but for `lost` (failed writes), padding only where
     /// writes are direct, and each direct write ends on a page boundary.
-    fn check_accounting(p: &Path, direct: bool, lost: u64) {
+    fn check_accounting(p: &Path, m: Mode, lost: u64) {
         let h = header(p);
         assert_eq!(h.check(), Ok(()));
         let slots = read_slots(p);
@@ -1497,8 +1812,19 @@ mod tests {
         let pads = slots.iter().filter(|s| matches!(s, Slot::Pad)).count() as u64;
         assert_eq!((h.complete, h.padding), (recs, pads));
         assert_eq!(h.records, h.complete + h.padding + lost);
-        if !direct {
+        if !m.direct || m.packed {
             assert_eq!(h.padding, 0);
+        }
+        assert_eq!(h.is_packed(), m.packed);
+    }
+
+    /// The length of a finished file of `slots` slots.
+    fn finished_len(p: &Path, slots: u64) -> u64 {
+        let h = header(p);
+        if h.is_packed() {
+            h.data_end
+        } else {
+            HEADER_SIZE as u64 + slots * RECORD_SIZE as u64
         }
     }
 
@@ -1546,10 +1872,7 @@ mod tests {
             assert_eq!(h.capacity, h.records);
             check_accounting(&p, direct, 0);
             let bytes = std::fs::read(&p).unwrap();
-            assert_eq!(
-                bytes.len() as u64,
-                HEADER_SIZE as u64 + h.records * RECORD_SIZE as u64
-            );
+            assert_eq!(bytes.len() as u64, finished_len(&p, h.records));
             let mut seen: Vec<u64> = records_in(&read_slots(&p)).iter().map(|r| r.t_ns).collect();
             seen.sort();
             seen.dedup();
@@ -1585,7 +1908,15 @@ mod tests {
     fn direct_writes_fill_whole_pages_and_mark_steps_after_them() {
         let dir = tempfile_dir("direct");
         let p = dir.join("t.bin");
-        let s = create(&p, 10_000, 1, true);
+        let s = create(
+            &p,
+            10_000,
+            1,
+            Mode {
+                direct: true,
+                packed: false,
+            },
+        );
         if !s.is_direct() {
             eprintln!("skipped: no O_DIRECT here");
             std::fs::remove_dir_all(&dir).unwrap();
@@ -1606,7 +1937,14 @@ mod tests {
         );
         let st = s.finish().unwrap();
         assert_eq!((st.written, st.dropped), (45, 0));
-        check_accounting(&p, true, 0);
+        check_accounting(
+            &p,
+            Mode {
+                direct: true,
+                packed: false,
+            },
+            0,
+        );
         let slots = read_slots(&p);
         assert!(slots[5..30].iter().all(|x| *x == Slot::Pad));
         assert!(slots[70..94].iter().all(|x| *x == Slot::Pad));
@@ -1622,32 +1960,41 @@ mod tests {
     fn blocks_are_allocated_ahead_and_released_at_finish() {
         use std::os::unix::fs::MetadataExt;
         for direct in MODES {
-            let dir = tempfile_dir(&format!("prealloc{direct}"));
+            let dir = tempfile_dir(&format!("prealloc{}{}", direct.direct, direct.packed));
             let p = dir.join("t.bin");
-            let cap = 4 * PREALLOC_SLOTS;
+            let cap = 4 * (PREALLOC_BYTES / RECORD_SIZE as u64);
             let s = create(&p, cap, 1, direct);
             let blocks = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
-            let window = PREALLOC_SLOTS * RECORD_SIZE as u64;
+            let window = PREALLOC_BYTES;
             assert!(
                 blocks(&p) >= window,
                 "{} bytes allocated at start",
                 blocks(&p)
             );
             // Writing past half the window extends it.
-            let recs = valid(0..(PREALLOC_SLOTS * 3 / 4));
+            let recs = valid(0..((PREALLOC_BYTES / RECORD_SIZE as u64) * 3 / 4));
             assert_eq!(s.write(&recs), recs.len());
             let used = header(&p).records;
-            assert!(blocks(&p) >= window + used * RECORD_SIZE as u64);
-            let slots = read_slots(&p);
-            assert_eq!(slots.len() as u64, cap);
-            assert_eq!(records_in(&slots[..used as usize]).len(), recs.len());
-            assert!(
-                slots[used as usize..].iter().all(|r| *r == Slot::Empty),
-                "allocated slots read as empty"
-            );
+            // (Packed, the records take a small part of the window.)
+            let written = if direct.packed {
+                0
+            } else {
+                used * RECORD_SIZE as u64
+            };
+            assert!(blocks(&p) >= window + written);
+            if !direct.packed {
+                let slots = read_slots(&p);
+                assert_eq!(slots.len() as u64, cap);
+                assert_eq!(records_in(&slots[..used as usize]).len(), recs.len());
+                assert!(
+                    slots[used as usize..].iter().all(|r| *r == Slot::Empty),
+                    "allocated slots read as empty"
+                );
+            }
             s.finish().unwrap();
             check_accounting(&p, direct, 0);
-            let len = HEADER_SIZE as u64 + used * RECORD_SIZE as u64;
+            assert_eq!(records_in(&read_slots(&p)).len(), recs.len());
+            let len = finished_len(&p, used);
             assert_eq!(std::fs::metadata(&p).unwrap().len(), len);
             assert!(
                 blocks(&p) <= len + (1 << 20),
@@ -1664,7 +2011,7 @@ mod tests {
     #[test]
     fn a_failed_write_loses_only_itself() {
         for direct in MODES {
-            let dir = tempfile_dir(&format!("fail{direct}"));
+            let dir = tempfile_dir(&format!("fail{}{}", direct.direct, direct.packed));
             let p = dir.join("t.bin");
             let s = create(&p, 1000, 1, direct);
             assert_eq!(s.write(&valid(0..10)), 10);
@@ -1696,7 +2043,7 @@ mod tests {
     #[test]
     fn finish_is_idempotent_and_later_writes_are_dropped() {
         for direct in MODES {
-            let dir = tempfile_dir(&format!("twice{direct}"));
+            let dir = tempfile_dir(&format!("twice{}{}", direct.direct, direct.packed));
             let p = dir.join("t.bin");
             let s = create(&p, 100, 1, direct);
             s.write(&valid(0..7));
@@ -1708,12 +2055,16 @@ mod tests {
             let st = s.stats();
             assert_eq!((st.emitted, st.written, st.dropped), (9, 7, 2));
             let h = header(&p);
-            let slots = if s.is_direct() { PAGE_PHASE } else { 7 };
+            let slots = if s.is_direct() && !direct.packed {
+                PAGE_PHASE
+            } else {
+                7
+            };
             assert_eq!((h.finished, h.records, h.capacity), (1, slots, slots));
             assert_eq!((h.steps_done, h.steps_done_slots), (1, slots));
             assert_eq!(
                 std::fs::metadata(&p).unwrap().len(),
-                HEADER_SIZE as u64 + slots * RECORD_SIZE as u64
+                finished_len(&p, slots)
             );
             check_accounting(&p, direct, 0);
             std::fs::remove_dir_all(&dir).unwrap();

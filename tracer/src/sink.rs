@@ -3,10 +3,16 @@
 //! Hot path: a hook takes the thread's block with [`with_writer`] once per
 //! batch of events and appends records with [`Writer::push_with`] (a copy of
 //! a template plus the fields that differ), or calls [`record`] for a single
-//! one. A record is built on the stack and stored into the block with
-//! non-temporal stores, so appending it reads nothing from memory: the block
-//! (2 MiB, reused) would otherwise be fetched line by line, because the
-//! weights the kernels stream evict it between records. The block's lock is
+//! one. A record is built on the stack and, for a packed sink (format
+//! version 2, the default), packed against the thread's previous record
+//! into the block ([`crate::pack`]: about 19 bytes), whose bytes after the
+//! chunk header's room are then the chunk's payload as it goes to the
+//! disk; for a raw sink (version 1) it is stored whole into slot `len` with
+//! non-temporal stores, so appending reads nothing from memory (the block,
+//! 2 MiB and reused, would otherwise be fetched line by line, because the
+//! weights the kernels stream evict it between records). A packed block is
+//! one chunk: the writer seals it (header, hash, zeros to the page) and
+//! writes it at bytes reserved on the header's `data_end`. The block's lock is
 //! only ever contended by a flush at a decode boundary, when the engine's
 //! workers are idle.
 //!

@@ -444,22 +444,30 @@ impl ChunkHeader {
     }
 }
 
+/// Make `out` a chunk: its first [`CHUNK_HEADER`] bytes the header of the
+/// `n` records (the first at `slot`) packed in the `payload` bytes after
+/// it, then zeros up to the alignment. Returns the chunk's aligned length.
+pub fn seal(out: &mut [u8], slot: u64, n: u32, payload: usize) -> usize {
+    let end = CHUNK_HEADER + payload;
+    let h = ChunkHeader {
+        payload_len: u32::try_from(payload).expect("a chunk is at most a block"),
+        slot,
+        n,
+        payload_hash: hash(&out[CHUNK_HEADER..end]),
+    };
+    out[..CHUNK_HEADER].copy_from_slice(&h.to_bytes());
+    let span = h.span() as usize;
+    out[end..span].fill(0);
+    span
+}
+
 /// Write a chunk of the records `recs` (whole records, first at `slot`)
 /// into `out` (at least [`chunk_bound`] bytes): header, payload, zeros to
 /// the alignment. Returns the chunk's aligned length.
 pub fn write_chunk(recs: &[u8], slot: u64, out: &mut [u8]) -> usize {
     let n = recs.len() / RECORD_SIZE;
     let len = pack(recs, &mut out[CHUNK_HEADER..]);
-    let h = ChunkHeader {
-        payload_len: u32::try_from(len).expect("a chunk is at most a block"),
-        slot,
-        n: n as u32,
-        payload_hash: hash(&out[CHUNK_HEADER..CHUNK_HEADER + len]),
-    };
-    out[..CHUNK_HEADER].copy_from_slice(&h.to_bytes());
-    let span = h.span() as usize;
-    out[CHUNK_HEADER + len..span].fill(0);
-    span
+    seal(out, slot, n as u32, len)
 }
 
 /// A chunk found in a file: where it starts, and its header.

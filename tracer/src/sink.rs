@@ -224,18 +224,7 @@ impl Block {
     /// first at `slot`) a chunk: write its header and zero it up to the
     /// alignment. Returns the chunk's length.
     fn seal(&mut self, slot: u64, n: u64, payload: usize) -> usize {
-        let b = self.bytes_mut();
-        let end = pack::CHUNK_HEADER + payload;
-        let h = pack::ChunkHeader {
-            payload_len: payload as u32,
-            slot,
-            n: n as u32,
-            payload_hash: pack::hash(&b[pack::CHUNK_HEADER..end]),
-        };
-        b[..pack::CHUNK_HEADER].copy_from_slice(&h.to_bytes());
-        let span = h.span() as usize;
-        b[end..span].fill(0);
-        span
+        pack::seal(self.bytes_mut(), slot, n as u32, payload)
     }
 
     /// The bytes of slots `0..n` (at most the whole block).

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Or
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
-use cktrace_tracer::format::{flags, NO_ID};
+use cktrace_tracer::format::{flags, RecordWords, NO_ID, RECORD_WORDS};
 use cktrace_tracer::sink::{self, SinkStats, TraceSink};
 use cktrace_tracer::{
     layer_of, Engine, MemorySource, Meta, Op, Phase, Registry, TensorInfo, TensorKind, TraceRecord,
@@ -57,7 +57,7 @@ struct Memo {
     stamp: u64,
     /// Byte offset of the tensor read within the registered (base) tensor.
     off: u64,
-    template: TraceRecord,
+    template: RecordWords,
 }
 
 const MEMO_EMPTY: Memo = Memo {
@@ -68,7 +68,7 @@ const MEMO_EMPTY: Memo = Memo {
     act: 0,
     stamp: 0,
     off: 0,
-    template: TraceRecord::EMPTY,
+    template: [0; RECORD_WORDS],
 };
 
 /// Nodes a thread's memo table holds (two entries each). A decode graph has
@@ -308,7 +308,7 @@ impl HookState {
             act: ev.act as usize,
             stamp,
             off,
-            template,
+            template: template.words(),
         }
     }
 
@@ -515,10 +515,13 @@ unsafe extern "C" fn ggml_trace_hook(
                         if s.len() >= 4096 {
                             s.clear();
                         }
-                        s.push(slot.template);
-                        if let Some(r) = s.last_mut() {
-                            fill(r, ev, &step, slot.off, &clock);
-                        }
+                        s.push(TraceRecord::from_words(fill_words(
+                            &slot.template,
+                            ev,
+                            &step,
+                            slot.off,
+                            &clock,
+                        )));
                     }
                 });
                 return true;
@@ -535,7 +538,7 @@ unsafe extern "C" fn ggml_trace_hook(
                     let src = unsafe { &*ev.src };
                     let j = memo_entry(table, st, ev, src, stamp);
                     let slot = &table[j];
-                    w.push_with(&slot.template, |r| fill(r, ev, &step, slot.off, &clock));
+                    w.push_words(&fill_words(&slot.template, ev, &step, slot.off, &clock));
                 }
                 // An event without its tensors cannot become a record; count
                 // it rather than lose it silently (the patch never sends one).
@@ -558,7 +561,7 @@ unsafe extern "C" fn ggml_trace_hook(
             }
             // SAFETY: non-null and live for the call (see above).
             let m = st.memo(ev, unsafe { &*ev.src }, stamp, u32::MAX);
-            sink::record_with(&m.template, |r| fill(r, ev, &step, m.off, &clock));
+            sink::record_words(&fill_words(&m.template, ev, &step, m.off, &clock));
         }
     }
     if prof_t0 != 0 {
@@ -700,8 +703,52 @@ struct Step {
     phase: u8,
 }
 
-/// Complete a record from its node's template: what this event did.
+/// A record from its node's template (words) and what this event did,
+/// as words: built in registers and packed from there (see
+/// `pack::pack_words`). What [`fill`] and the VALID flag make of the
+/// template record (a test checks that the two agree).
 #[inline(always)]
+fn fill_words(
+    t: &RecordWords,
+    ev: &ffi::ggml_cpu_trace_event,
+    s: &Step,
+    off: u64,
+    clock: &Clock,
+) -> RecordWords {
+    // Word layout: see RecordWords.
+    let lo32 = |x: i64| u64::from(x as u32);
+    let dur = clock.dur(ev.t0_ns, ev.t1_ns).min(u64::from(u32::MAX));
+    let fl = (t[9] >> 32) as u32 | ev.flags & (flags::STRIDED | flags::OP_LEVEL) | flags::VALID;
+    [
+        clock.ns(ev.t0_ns),
+        dur | u64::from(s.step) << 32,
+        u64::from(s.pos as u32)
+            | u64::from(s.n_tokens) << 32
+            | u64::from(s.phase) << 48
+            | t[2] & 0xFF << 56,
+        t[3] & 0xFF
+            | u64::from(ev.path as u8) << 8
+            | u64::from(ev.ith as u16) << 16
+            | u64::from(ev.nth as u16) << 32
+            | t[3] & 0xFFFF << 48,
+        t[4],
+        ev.offset.wrapping_add(off),
+        ev.len,
+        lo32(ev.row0) | lo32(ev.row1) << 32,
+        lo32(ev.col0) | lo32(ev.col1) << 32,
+        u64::from(ev.expert as u32) | u64::from(fl) << 32,
+        t[10],
+        ev.act_bytes,
+        t[12],
+        t[13],
+        t[14],
+        t[15],
+    ]
+}
+
+/// Complete a record from its node's template: what this event did (the
+/// field-by-field statement of [`fill_words`], its test oracle).
+#[cfg(test)]
 fn fill(r: &mut TraceRecord, ev: &ffi::ggml_cpu_trace_event, s: &Step, off: u64, clock: &Clock) {
     r.t_ns = clock.ns(ev.t0_ns);
     r.dur_ns = clock.dur(ev.t0_ns, ev.t1_ns).min(u32::MAX as u64) as u32;
@@ -1152,6 +1199,58 @@ mod tests {
         let ib2 = node_index(&b, stamp, &next);
         assert!(ib2 != 5 && ib2 != ia2);
         assert_eq!(b.load(Ordering::Relaxed) >> 40, ib2 as u64);
+    }
+
+    #[test]
+    fn records_built_as_words_equal_records_filled_field_by_field() {
+        // A template with every byte set, so that a word built from the
+        // wrong bits of it shows; events with extreme and ordinary values.
+        let mut template = TraceRecord::EMPTY;
+        template.engine = Engine::Ggml as u8;
+        template.op = 0xA5;
+        template.layer = -1;
+        template.tensor_id = 0x1234_5678;
+        template.act_id = NO_ID;
+        template.flags = flags::REPACKED | 0x8000_0000;
+        template.node = 0xDEAD_BEEF_F00D;
+        template.set_name(b"blk.7.ffn_down.weight_with_a_long_name");
+        let clock = Clock::monotonic(1000);
+        for k in 0u64..400 {
+            let x = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let ev = ffi::ggml_cpu_trace_event {
+                t0_ns: 1000 + (x >> 20),
+                t1_ns: if k % 7 == 0 {
+                    0
+                } else {
+                    1000 + (x >> 20) + (x & 0xFFFF_FFFF_FFFF)
+                },
+                offset: x,
+                len: x.rotate_left(7),
+                act_bytes: x >> 3,
+                row0: x as i64,
+                row1: -(k as i64),
+                col0: (x >> 11) as i64,
+                col1: i64::MIN + k as i64,
+                expert: if k % 2 == 0 { -1 } else { x as i32 },
+                path: (k % 300) as i32 - 20,
+                ith: -(k as i32),
+                nth: 70000 + k as i32,
+                flags: x as u32,
+                ..Default::default()
+            };
+            let step = Step {
+                step: x as u32,
+                pos: -(x as i32),
+                n_tokens: (x >> 40) as u16,
+                phase: (x >> 50) as u8,
+            };
+            let off = x.rotate_right(13);
+            let mut want = template;
+            fill(&mut want, &ev, &step, off, &clock);
+            want.flags |= flags::VALID;
+            let got = fill_words(&template.words(), &ev, &step, off, &clock);
+            assert_eq!(TraceRecord::from_words(got), want, "event {k}");
+        }
     }
 
     #[test]

@@ -161,6 +161,19 @@ pub struct TraceRecord {
 
 const _: () = assert!(std::mem::size_of::<TraceRecord>() == RECORD_SIZE);
 
+/// A record as sixteen u64 words: word `i` is bytes `8i..8i + 8`,
+/// little-endian (the crate targets little-endian machines only). Word by
+/// word: 0 `t_ns`; 1 `dur_ns`, `step`; 2 `pos`, `n_tokens`, `phase`,
+/// `engine`; 3 `op`, `path`, `thread`, `n_threads`, `layer`; 4 `tensor_id`,
+/// `act_id`; 5 `offset`; 6 `len`; 7 `row0`, `row1`; 8 `col0`, `col1`;
+/// 9 `expert`, `flags`; 10 `node`; 11 `act_bytes`; 12-15 `name`. The packed
+/// format (`pack`) compares records word by word, and a hook that builds a
+/// record in registers hands it over as words.
+pub type RecordWords = [u64; RECORD_WORDS];
+
+/// Words of a record ([`RecordWords`]).
+pub const RECORD_WORDS: usize = RECORD_SIZE / 8;
+
 impl Default for TraceRecord {
     fn default() -> Self {
         TraceRecord::EMPTY
@@ -217,6 +230,23 @@ impl TraceRecord {
         // above), has no padding (fields are laid out at naturally aligned
         // offsets that sum to 128) and every bit pattern is a valid u8.
         unsafe { &*(self as *const TraceRecord as *const [u8; RECORD_SIZE]) }
+    }
+
+    /// The record as its sixteen words (see [`RecordWords`]).
+    #[inline(always)]
+    pub fn words(&self) -> RecordWords {
+        // SAFETY: TraceRecord is repr(C), RECORD_SIZE bytes without padding
+        // (see `as_bytes`), so its bytes are sixteen initialised u64s, and
+        // every bit pattern is a valid u64.
+        unsafe { std::mem::transmute::<TraceRecord, RecordWords>(*self) }
+    }
+
+    /// The record whose words are `w` (see [`RecordWords`]).
+    #[inline(always)]
+    pub fn from_words(w: RecordWords) -> TraceRecord {
+        // SAFETY: the same size and no padding (see `as_bytes`); every field
+        // is an integer or a byte array, for which every bit pattern is valid.
+        unsafe { std::mem::transmute::<RecordWords, TraceRecord>(w) }
     }
 
     /// Decode a record from its on-disk bytes.

@@ -35,7 +35,7 @@
 //! mask (nonzero) of the word's bytes that differ, then those bytes, lowest
 //! first. Every byte not given is the previous record's.
 
-use crate::format::{flags, RECORD_SIZE};
+use crate::format::{flags, RecordWords, RECORD_SIZE, RECORD_WORDS};
 
 /// Chunks start on multiples of this (a page: the unit of a direct write).
 pub const CHUNK_ALIGN: usize = 4096;
@@ -51,7 +51,7 @@ pub const MAX_PACKED: usize = 2 + 16 * 9;
 /// Fewest bytes one record takes packed (its word mask).
 pub const MIN_PACKED: usize = 2;
 
-const WORDS: usize = RECORD_SIZE / 8;
+const WORDS: usize = RECORD_WORDS;
 
 /// Bytes a chunk of `n` records can take at most, aligned.
 pub fn chunk_bound(n: usize) -> usize {
@@ -156,6 +156,63 @@ pub fn pack_one(rec: &[u8; RECORD_SIZE], prev: &mut Prev, out: &mut [u8]) -> usi
     n
 }
 
+/// Pack the record whose words are `rec` against the words `prev` (which
+/// then become it) into the start of `out`, which must hold [`MAX_PACKED`]
+/// + [`PACK_SLACK`] bytes; returns the bytes written. The same bytes as
+/// [`pack_one`] of the record; this is the packer for a record built in
+/// registers (the hook's), which [`pack_one`]'s vector loads would read
+/// back through memory, stalling on the stores that just built it.
+///
+/// # Panics
+/// If `out` is too small (a caller's bug).
+#[inline]
+pub fn pack_words(rec: &RecordWords, prev: &mut RecordWords, out: &mut [u8]) -> usize {
+    assert!(
+        out.len() >= MAX_PACKED + PACK_SLACK,
+        "room for the worst case"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("ssse3") && std::arch::is_x86_feature_detected!("popcnt")
+    {
+        // SAFETY: the CPU has SSSE3 and POPCNT (checked just above); `out`
+        // holds the worst case plus the slack (asserted).
+        return unsafe { simd::pack_words(rec, prev, out.as_mut_ptr()) };
+    }
+    pack_words_scalar(rec, prev, out)
+}
+
+/// [`pack_words`] without SSSE3.
+fn pack_words_scalar(rec: &RecordWords, prev: &mut RecordWords, out: &mut [u8]) -> usize {
+    let mut o = 2;
+    let mut mask = 0u16;
+    for (i, p) in prev.iter_mut().enumerate() {
+        let w = rec[i];
+        let x = w ^ *p;
+        if x != 0 {
+            mask |= 1 << i;
+            o += put_word(w, nonzero_bytes(x), &mut out[o..]);
+            *p = w;
+        }
+    }
+    out[..2].copy_from_slice(&mask.to_le_bytes());
+    o
+}
+
+/// Write word `w`'s byte mask `m` and the bytes it selects, lowest first,
+/// at the start of `out`; returns the bytes written.
+#[inline]
+fn put_word(w: u64, mut m: u8, out: &mut [u8]) -> usize {
+    out[0] = m;
+    let mut o = 1;
+    while m != 0 {
+        let j = m.trailing_zeros();
+        out[o] = (w >> (8 * j)) as u8;
+        o += 1;
+        m &= m - 1;
+    }
+    o
+}
+
 /// Pack `rec` against the words `prev` (updated) into `out`.
 #[inline]
 fn pack_into(rec: &[u8], prev: &mut [u64; WORDS], out: &mut [u8]) -> usize {
@@ -166,15 +223,7 @@ fn pack_into(rec: &[u8], prev: &mut [u64; WORDS], out: &mut [u8]) -> usize {
         let x = w ^ *p;
         if x != 0 {
             mask |= 1 << i;
-            let mut m = nonzero_bytes(x);
-            out[o] = m;
-            o += 1;
-            while m != 0 {
-                let j = m.trailing_zeros();
-                out[o] = (w >> (8 * j)) as u8;
-                o += 1;
-                m &= m - 1;
-            }
+            o += put_word(w, nonzero_bytes(x), &mut out[o..]);
             *p = w;
         }
     }
@@ -199,7 +248,7 @@ pub fn pack_scalar(recs: &[u8], out: &mut [u8]) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{nonzero_bytes, MAX_PACKED, RECORD_SIZE};
+    use super::{nonzero_bytes, RecordWords, MAX_PACKED, RECORD_SIZE, WORDS};
 
     use std::arch::x86_64::*;
 
@@ -299,6 +348,46 @@ mod simd {
                 }
             }
         }
+        o
+    }
+
+    /// [`super::pack_words`]: words compared in registers, each changed
+    /// word's bytes moved into place by one shuffle.
+    ///
+    /// # Safety
+    /// The CPU must have SSSE3 and POPCNT; `dst` must be valid for
+    /// [`MAX_PACKED`] + [`super::PACK_SLACK`] bytes of writes.
+    #[target_feature(enable = "ssse3,popcnt")]
+    #[inline]
+    pub(super) unsafe fn pack_words(
+        rec: &RecordWords,
+        prev: &mut RecordWords,
+        dst: *mut u8,
+    ) -> usize {
+        let mut o = 2usize;
+        let mut mask = 0u16;
+        for i in 0..WORDS {
+            let w = rec[i];
+            let x = w ^ prev[i];
+            if x == 0 {
+                continue;
+            }
+            prev[i] = w;
+            mask |= 1 << i;
+            let m = nonzero_bytes(x);
+            // SAFETY: at most 2 + 9 bytes per changed word are kept, within
+            // MAX_PACKED; the 8-byte store ends at most 8 bytes past them,
+            // within the slack; `dst` is valid for both (caller).
+            unsafe {
+                *dst.add(o) = m;
+                let v = _mm_cvtsi64_si128(w as i64);
+                let ctl = _mm_cvtsi64_si128(LEFT_PACK[m as usize] as i64);
+                _mm_storel_epi64(dst.add(o + 1) as *mut __m128i, _mm_shuffle_epi8(v, ctl));
+            }
+            o += 1 + m.count_ones() as usize;
+        }
+        // SAFETY: the first two bytes of the room the caller gave.
+        unsafe { std::ptr::write_unaligned(dst as *mut u16, mask.to_le()) };
         o
     }
 }
@@ -705,6 +794,16 @@ mod tests {
         let la = pack(&v, &mut a);
         let lb = pack_scalar(&v, &mut b);
         assert_eq!(a[..la], b[..lb]);
+        // Records packed from words, with and without SSSE3.
+        for packer in [pack_words, pack_words_scalar] {
+            let mut c = vec![0u8; n * MAX_PACKED + PACK_SLACK];
+            let (mut prev, mut o) = ([0u64; WORDS], 0);
+            for rec in v.chunks_exact(RECORD_SIZE) {
+                let rec = TraceRecord::from_bytes(rec.try_into().unwrap());
+                o += packer(&rec.words(), &mut prev, &mut c[o..]);
+            }
+            assert_eq!(c[..o], a[..la]);
+        }
     }
 
     #[test]

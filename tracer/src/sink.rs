@@ -61,7 +61,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use memmap2::MmapMut;
 
 use crate::format::{
-    flags, Engine, TraceHeader, TraceRecord, HEADER_SIZE, RECORD_SIZE, VERSION_PACKED,
+    flags, Engine, RecordWords, TraceHeader, TraceRecord, HEADER_SIZE, RECORD_SIZE, RECORD_WORDS,
+    VERSION_PACKED,
 };
 use crate::pack;
 
@@ -207,9 +208,9 @@ impl Block {
     /// (which starts after the chunk header's room); returns its bytes.
     /// The caller keeps `at` at most [`PACKED_CAP`].
     #[inline(always)]
-    fn pack(&mut self, at: usize, r: &TraceRecord, prev: &mut pack::Prev) -> usize {
+    fn pack(&mut self, at: usize, r: &RecordWords, prev: &mut RecordWords) -> usize {
         let start = (pack::CHUNK_HEADER + at).min(BLOCK_BYTES);
-        pack::pack_one(r.as_bytes(), prev, &mut self.bytes_mut()[start..])
+        pack::pack_words(r, prev, &mut self.bytes_mut()[start..])
     }
 
     /// All of the block, writable.
@@ -615,11 +616,11 @@ impl TraceSink {
         for chunk in recs.chunks(LOCAL_CAPACITY) {
             let mut b = take_block();
             let mut bytes = 0;
-            let mut prev = pack::Prev::default();
+            let mut prev = [0; RECORD_WORDS];
             for (i, r) in chunk.iter().enumerate() {
                 if packed {
                     // LOCAL_CAPACITY records fit in a block packed too.
-                    bytes += b.pack(bytes, r, &mut prev);
+                    bytes += b.pack(bytes, &r.words(), &mut prev);
                 } else {
                     b.put(i, r);
                 }
@@ -842,7 +843,7 @@ impl Core {
         if take == 0 {
             return (0, Some(block));
         }
-        if let Some(p) = payload.as_mut() {
+        if let Some(p) = payload.as_mut().filter(|_| take < n) {
             // Only the first `take` records fit: cut the packed stream.
             let b = block.bytes_mut();
             let bytes = &b[pack::CHUNK_HEADER..pack::CHUNK_HEADER + *p];
@@ -1249,7 +1250,7 @@ struct LocalBuf {
     len: usize,
     packed: bool,
     bytes: usize,
-    prev: pack::Prev,
+    prev: RecordWords,
 }
 
 impl LocalBuf {
@@ -1259,27 +1260,27 @@ impl LocalBuf {
             len: 0,
             packed: false,
             bytes: 0,
-            prev: pack::Prev::default(),
+            prev: [0; RECORD_WORDS],
         }
     }
 
     /// Append `r` (complete, VALID); true when the block should be handed
     /// over now.
     #[inline(always)]
-    fn push(&mut self, r: &TraceRecord) -> bool {
+    fn push(&mut self, r: &RecordWords) -> bool {
         let b = self.block.get_or_insert_with(take_block);
         if self.len == 0 {
             // A new chunk: packed as the active sink wants, against zeros.
             self.packed = ACTIVE_PACKED.load(Ordering::Relaxed);
             self.bytes = 0;
-            self.prev = pack::Prev::default();
+            self.prev = [0; RECORD_WORDS];
         }
         if self.packed {
             self.bytes += b.pack(self.bytes, r, &mut self.prev);
             self.len += 1;
             self.bytes > PACKED_CAP || self.len >= FLUSH_AT.load(Ordering::Relaxed)
         } else {
-            b.put(self.len, r);
+            b.put(self.len, &TraceRecord::from_words(*r));
             self.len += 1;
             self.len >= FLUSH_AT.load(Ordering::Relaxed)
         }
@@ -1497,6 +1498,15 @@ pub fn record_with(template: &TraceRecord, fill: impl FnOnce(&mut TraceRecord)) 
     }
 }
 
+/// Append a complete record given as its words (VALID set). Otherwise as
+/// [`record`].
+#[inline]
+pub fn record_words(r: &RecordWords) {
+    if with_writer(|w| w.push_words(r)).is_none() {
+        count_dropped(1);
+    }
+}
+
 /// The calling thread's buffer, held for a batch of records (the hot path of
 /// the hooks: one lock per batch, one 128-byte store per record).
 pub struct Writer<'a> {
@@ -1507,11 +1517,18 @@ impl Writer<'_> {
     /// Append a record: a copy of `template` that `fill` completes.
     #[inline]
     pub fn push_with(&mut self, template: &TraceRecord, fill: impl FnOnce(&mut TraceRecord)) {
-        let g = &mut *self.g;
         let mut r = *template;
         fill(&mut r);
         r.flags |= flags::VALID;
-        if g.push(&r) {
+        self.push_words(&r.words());
+    }
+
+    /// Append a complete record given as its words (VALID set by the
+    /// caller): for a record built in registers, which goes into the block
+    /// without passing through memory first.
+    #[inline]
+    pub fn push_words(&mut self, r: &RecordWords) {
+        if self.g.push(r) {
             self.flush();
         }
     }

@@ -529,14 +529,26 @@ unsafe extern "C" fn ggml_trace_hook(
             prefetch_memos(table, stamp, evs);
             let written = sink::with_writer(|w| {
                 let mut malformed = 0;
+                // The last record's tensors and memo entry. A thread mostly
+                // computes several chunks of a node in a row, and within one
+                // call an entry found valid stays valid (the tensors are
+                // live and unchanged until the call returns).
+                let mut last = (std::ptr::null(), std::ptr::null(), std::ptr::null(), 0);
                 for ev in evs {
                     if ev.src.is_null() || ev.node.is_null() {
                         malformed += 1;
+                        last.0 = std::ptr::null();
                         continue;
                     }
-                    // SAFETY: non-null and live for the call (see above).
-                    let src = unsafe { &*ev.src };
-                    let j = memo_entry(table, st, ev, src, stamp);
+                    let j = if (ev.node, ev.src, ev.act) == (last.0, last.1, last.2) {
+                        last.3
+                    } else {
+                        // SAFETY: non-null and live for the call (see above).
+                        let src = unsafe { &*ev.src };
+                        let j = memo_entry(table, st, ev, src, stamp);
+                        last = (ev.node, ev.src, ev.act, j);
+                        j
+                    };
                     let slot = &table[j];
                     w.push_words(&fill_words(&slot.template, ev, &step, slot.off, &clock));
                 }

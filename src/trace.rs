@@ -82,7 +82,8 @@ thread_local! {
     /// stamp carries ([`node_stamp`]): entries `2i` and `2i + 1` belong to
     /// node `i`, one per tensor it reads (a FLASH_ATTN_EXT node reads two,
     /// K and V, alternately). A record costs a load of the node's stamp,
-    /// a few compares and one 128-byte copy; tensors are resolved again
+    /// a few compares and the template's words (an event of the same node as
+    /// the one before skips even the lookup); tensors are resolved again
     /// only when ggml builds a new node (llama.cpp reuses decode graphs, so
     /// mostly never). Unlike a hash of the node's address, the index never
     /// makes two nodes of one graph evict each other (measured: with a

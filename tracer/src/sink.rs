@@ -1,11 +1,12 @@
 //! The trace file and the thread-local record blocks that feed it.
 //!
 //! Hot path: a hook takes the thread's block with [`with_writer`] once per
-//! batch of events and appends records with [`Writer::push_with`] (a copy of
-//! a template plus the fields that differ), or calls [`record`] for a single
-//! one. A record is built on the stack and, for a packed sink (format
-//! version 2, the default), packed against the thread's previous record
-//! into the block ([`crate::pack`]: about 19 bytes), whose bytes after the
+//! batch of events and appends records with [`Writer::push_words`] (a
+//! record built as its sixteen words, in registers, as ggml's hook does) or
+//! [`Writer::push_with`] (a copy of a template plus the fields that differ),
+//! or calls [`record`] for a single one. For a packed sink (format version
+//! 2, the default) the record is packed word by word against the thread's
+//! previous record into the block ([`crate::pack`]: about 19 bytes), whose bytes after the
 //! chunk header's room are then the chunk's payload as it goes to the
 //! disk; for a raw sink (version 1) it is stored whole into slot `len` with
 //! non-temporal stores, so appending reads nothing from memory (the block,

@@ -617,7 +617,7 @@ mod tests {
                 1 => f.truncate(next() as usize % f.len()),
                 _ => {
                     // Change payload bytes of a chunk, then fix its hashes.
-                    use cktrace_tracer::pack::{hash, ChunkHeader, CHUNK_HEADER};
+                    use cktrace_tracer::pack::{hash, CHUNK_HEADER};
                     let c = chunks[next() as usize % chunks.len()];
                     let at = c.at as usize;
                     let len = c.header.payload_len as usize;

@@ -2,8 +2,7 @@
 //!
 //! Hot path: a hook takes the thread's block with [`with_writer`] once per
 //! batch of events and appends records with [`Writer::push_words`] (a
-//! record built as its sixteen words, in registers, as ggml's hook does) or
-//! [`Writer::push_with`] (a copy of a template plus the fields that differ),
+//! record built as its sixteen words, in registers, as ggml's hook does),
 //! or calls [`record`] for a single one. For a packed sink (format version
 //! 2, the default) the record is packed word by word against the thread's
 //! previous record into the block ([`crate::pack`]: about 19 bytes), whose bytes after the
@@ -1486,17 +1485,9 @@ pub fn active() -> bool {
 /// Append one record to the calling thread's buffer. Never allocates after
 /// the thread's first record; never panics (a call during thread teardown is
 /// counted as emitted and dropped).
-pub fn record(rec: TraceRecord) {
-    record_with(&rec, |_| {});
-}
-
-/// Append a record built in place: the thread's next slot starts as a copy of
-/// `template` and `fill` sets the fields that differ. Otherwise as [`record`].
-#[inline]
-pub fn record_with(template: &TraceRecord, fill: impl FnOnce(&mut TraceRecord)) {
-    if with_writer(|w| w.push_with(template, fill)).is_none() {
-        count_dropped(1);
-    }
+pub fn record(mut rec: TraceRecord) {
+    rec.flags |= flags::VALID;
+    record_words(&rec.words());
 }
 
 /// Append a complete record given as its words (VALID set). Otherwise as
@@ -1509,21 +1500,12 @@ pub fn record_words(r: &RecordWords) {
 }
 
 /// The calling thread's buffer, held for a batch of records (the hot path of
-/// the hooks: one lock per batch, one 128-byte store per record).
+/// the hooks: one lock per batch, one packed record per push).
 pub struct Writer<'a> {
     g: MutexGuard<'a, LocalBuf>,
 }
 
 impl Writer<'_> {
-    /// Append a record: a copy of `template` that `fill` completes.
-    #[inline]
-    pub fn push_with(&mut self, template: &TraceRecord, fill: impl FnOnce(&mut TraceRecord)) {
-        let mut r = *template;
-        fill(&mut r);
-        r.flags |= flags::VALID;
-        self.push_words(&r.words());
-    }
-
     /// Append a complete record given as its words (VALID set by the
     /// caller): for a record built in registers, which goes into the block
     /// without passing through memory first.

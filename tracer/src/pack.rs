@@ -98,70 +98,39 @@ pub const PACK_SLACK: usize = 8;
 
 /// Pack whole records (`recs`, a multiple of 128 bytes) into `out`, which
 /// must hold [`MAX_PACKED`] bytes per record plus [`PACK_SLACK`]; returns
-/// the bytes written.
+/// the bytes written. Each record goes through [`pack_words`], the packer
+/// the hook uses.
 ///
 /// # Panics
 /// If `recs` is not whole records or `out` is too small (a caller's bug).
 pub fn pack(recs: &[u8], out: &mut [u8]) -> usize {
+    pack_with(recs, out, pack_words)
+}
+
+/// [`pack`] with a packer of one record.
+fn pack_with(
+    recs: &[u8],
+    out: &mut [u8],
+    one: impl Fn(&RecordWords, &mut RecordWords, &mut [u8]) -> usize,
+) -> usize {
     assert!(recs.len() % RECORD_SIZE == 0, "whole records");
     assert!(
         out.len() >= recs.len() / RECORD_SIZE * MAX_PACKED + PACK_SLACK,
         "room for the worst case"
     );
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (and so SSSE3 and POPCNT), checked just
-        // above; `out` holds the worst case plus the slack (asserted).
-        return unsafe { simd::pack(recs, out) };
+    let mut prev = [0u64; WORDS];
+    let mut o = 0;
+    for rec in recs.chunks_exact(RECORD_SIZE) {
+        let w: RecordWords = std::array::from_fn(|i| word(rec, i));
+        o += one(&w, &mut prev, &mut out[o..]);
     }
-    pack_scalar(recs, out)
-}
-
-/// The record a packer compares the next one with (all zeros at the
-/// start of a chunk), aligned for vector loads.
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-pub struct Prev(pub [u8; RECORD_SIZE]);
-
-impl Default for Prev {
-    fn default() -> Self {
-        Prev([0; RECORD_SIZE])
-    }
-}
-
-/// Pack one record against `prev` (which then becomes it) into the start
-/// of `out`, which must hold [`MAX_PACKED`] + [`PACK_SLACK`] bytes; returns
-/// the bytes written. What [`pack`] does for each record.
-///
-/// # Panics
-/// If `out` is too small (a caller's bug).
-#[inline]
-pub fn pack_one(rec: &[u8; RECORD_SIZE], prev: &mut Prev, out: &mut [u8]) -> usize {
-    assert!(
-        out.len() >= MAX_PACKED + PACK_SLACK,
-        "room for the worst case"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above); `out` holds the
-        // worst case plus the slack (asserted).
-        return unsafe { simd::pack_one(rec, prev, out.as_mut_ptr()) };
-    }
-    let mut p = [0u64; WORDS];
-    for (i, w) in p.iter_mut().enumerate() {
-        *w = word(&prev.0, i);
-    }
-    let n = pack_into(rec, &mut p, out);
-    prev.0 = *rec;
-    n
+    o
 }
 
 /// Pack the record whose words are `rec` against the words `prev` (which
 /// then become it) into the start of `out`, which must hold [`MAX_PACKED`]
-/// + [`PACK_SLACK`] bytes; returns the bytes written. The same bytes as
-/// [`pack_one`] of the record; this is the packer for a record built in
-/// registers (the hook's), which [`pack_one`]'s vector loads would read
-/// back through memory, stalling on the stores that just built it.
+/// + [`PACK_SLACK`] bytes; returns the bytes written. The hook builds its
+/// records as words in registers and packs them from there.
 ///
 /// # Panics
 /// If `out` is too small (a caller's bug).
@@ -233,42 +202,14 @@ fn put_word(w: u64, mut m: u8, out: &mut [u8]) -> usize {
     o
 }
 
-/// Pack `rec` against the words `prev` (updated) into `out`.
-#[inline]
-fn pack_into(rec: &[u8], prev: &mut [u64; WORDS], out: &mut [u8]) -> usize {
-    let mut o = 2;
-    let mut mask = 0u16;
-    for (i, p) in prev.iter_mut().enumerate() {
-        let w = word(rec, i);
-        let x = w ^ *p;
-        if x != 0 {
-            mask |= 1 << i;
-            o += put_word(w, nonzero_bytes(x), &mut out[o..]);
-            *p = w;
-        }
-    }
-    out[..2].copy_from_slice(&mask.to_le_bytes());
-    o
-}
-
-/// The portable packer (what [`pack`] does without AVX2).
+/// The portable packer: what [`pack`] does without SSSE3 (tested equal).
 pub fn pack_scalar(recs: &[u8], out: &mut [u8]) -> usize {
-    assert!(recs.len() % RECORD_SIZE == 0, "whole records");
-    assert!(
-        out.len() >= recs.len() / RECORD_SIZE * MAX_PACKED,
-        "room for the worst case"
-    );
-    let mut prev = [0u64; WORDS];
-    let mut o = 0;
-    for rec in recs.chunks_exact(RECORD_SIZE) {
-        o += pack_into(rec, &mut prev, &mut out[o..]);
-    }
-    o
+    pack_with(recs, out, pack_words_scalar)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{nonzero_bytes, RecordWords, MAX_PACKED, RECORD_SIZE, WORDS};
+    use super::{nonzero_bytes, RecordWords, WORDS};
 
     use std::arch::x86_64::*;
 
@@ -293,90 +234,12 @@ mod simd {
         t
     };
 
-    /// [`super::pack_scalar`]'s output, with the changed bytes found by
-    /// byte compares of whole records and each word's bytes moved into
-    /// place by one shuffle (no branch per byte).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2; `recs` is whole records and `out` holds
-    /// [`MAX_PACKED`] bytes per record plus [`super::PACK_SLACK`].
-    #[target_feature(enable = "avx2,ssse3,popcnt")]
-    pub(super) unsafe fn pack(recs: &[u8], out: &mut [u8]) -> usize {
-        debug_assert!(out.len() >= recs.len() / RECORD_SIZE * MAX_PACKED + super::PACK_SLACK);
-        let mut prev = super::Prev::default();
-        let mut o = 0usize;
-        for rec in recs.chunks_exact(RECORD_SIZE) {
-            let rec: &[u8; RECORD_SIZE] = rec.try_into().expect("chunks_exact");
-            // SAFETY: AVX2 (caller); each record has its MAX_PACKED bytes
-            // plus the slack from `o` on (caller).
-            o += unsafe { pack_one(rec, &mut prev, out.as_mut_ptr().add(o)) };
-        }
-        o
-    }
-
-    /// One record of [`pack`]: `rec` against `prev` (which becomes it),
-    /// into `dst`; returns the bytes written.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2; `dst` must be valid for [`MAX_PACKED`] +
-    /// [`super::PACK_SLACK`] bytes of writes.
-    #[target_feature(enable = "avx2,ssse3,popcnt")]
-    #[inline]
-    pub(super) unsafe fn pack_one(
-        rec: &[u8; RECORD_SIZE],
-        prev: &mut super::Prev,
-        dst: *mut u8,
-    ) -> usize {
-        let mut o = 0usize;
-        {
-            let p = rec.as_ptr();
-            let q = prev.0.as_mut_ptr();
-            // Bit j of ne[k] set: byte 32k + j differs.
-            let mut ne = [0u64; 2];
-            for k in 0..4 {
-                // SAFETY: `rec` and `prev` are 128 bytes (prev 32-aligned);
-                // lane k is bytes 32k..32k+32 of each.
-                unsafe {
-                    let v = _mm256_loadu_si256(p.add(32 * k) as *const __m256i);
-                    let pv = q.add(32 * k) as *mut __m256i;
-                    let e =
-                        !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_load_si256(pv))) as u32);
-                    ne[k / 2] |= u64::from(e) << (32 * (k % 2));
-                    _mm256_store_si256(pv, v);
-                }
-            }
-            let mask = u16::from(nonzero_bytes(ne[0])) | u16::from(nonzero_bytes(ne[1])) << 8;
-            // SAFETY: every store below is inside the MAX_PACKED bytes at
-            // `dst` (2 + 9 per changed word; the last 8-byte store ends at
-            // most 8 bytes past them, within the slack), valid for writes
-            // (caller).
-            unsafe {
-                std::ptr::write_unaligned(dst.add(o) as *mut u16, mask.to_le());
-                o += 2;
-                let mut mk = mask;
-                while mk != 0 {
-                    let i = mk.trailing_zeros() as usize;
-                    mk &= mk - 1;
-                    // Byte i of `ne` (bits 8i..8i+8) is word i's byte mask.
-                    let m = (ne[i / 8] >> (8 * (i % 8))) as u8;
-                    *dst.add(o) = m;
-                    o += 1;
-                    let w = _mm_loadl_epi64(p.add(8 * i) as *const __m128i);
-                    let ctl = _mm_cvtsi64_si128(LEFT_PACK[m as usize] as i64);
-                    _mm_storel_epi64(dst.add(o) as *mut __m128i, _mm_shuffle_epi8(w, ctl));
-                    o += m.count_ones() as usize;
-                }
-            }
-        }
-        o
-    }
-
     /// [`super::pack_words`]: words compared in registers, each changed
     /// word's bytes moved into place by one shuffle.
     ///
     /// # Safety
     /// The CPU must have SSSE3 and POPCNT; `dst` must be valid for
-    /// [`MAX_PACKED`] + [`super::PACK_SLACK`] bytes of writes.
+    /// [`super::MAX_PACKED`] + [`super::PACK_SLACK`] bytes of writes.
     #[target_feature(enable = "ssse3,popcnt")]
     #[inline]
     pub(super) unsafe fn pack_words(

@@ -5,9 +5,9 @@
 //! record built as its sixteen words, in registers, as ggml's hook does),
 //! or calls [`record`] for a single one. For a packed sink (format version
 //! 2, the default) the record is packed word by word against the thread's
-//! previous record into the block ([`crate::pack`]: about 19 bytes), whose bytes after the
-//! chunk header's room are then the chunk's payload as it goes to the
-//! disk; for a raw sink (version 1) it is stored whole into slot `len` with
+//! previous record into the block ([`crate::pack`]: about 19 bytes), whose
+//! bytes after the chunk header's room are then the chunk's payload as it
+//! goes to the disk; for a raw sink (version 1) it is stored whole into slot `len` with
 //! non-temporal stores, so appending reads nothing from memory (the block,
 //! 2 MiB and reused, would otherwise be fetched line by line, because the
 //! weights the kernels stream evict it between records). A packed block is
